@@ -28,6 +28,8 @@ class Catalog:
     retention: float64 [num_videos, max_chunks + 1], r(0..N), 0 past N.
     watch_cdf: float64 [num_videos, max_chunks + 1], P(watch chunk index <= k)
       for the retention watch model (p_k = r(k) - r(k+1)); 1 past N.
+    alias_prob, alias_index: [num_videos, max_chunks + 1] Walker alias tables
+      of the same distribution over k = 0..N, so a draw costs two gathers.
     bitrates_kbps: float64 [num_levels], the nominal ladder used for QoE.
   """
 
@@ -35,6 +37,8 @@ class Catalog:
   num_chunks: jnp.ndarray
   retention: jnp.ndarray
   watch_cdf: jnp.ndarray
+  alias_prob: jnp.ndarray
+  alias_index: jnp.ndarray
   bitrates_kbps: jnp.ndarray
 
   @property
@@ -102,6 +106,8 @@ def pack_catalog(videos: Sequence[Video],
   num_chunks = np.zeros((n,), np.int32)
   retention = np.zeros((n, max_chunks + 1), np.float64)
   cdf = np.ones((n, max_chunks + 1), np.float64)
+  alias_prob = np.ones((n, max_chunks + 1), np.float64)
+  alias_index = np.zeros((n, max_chunks + 1), np.int32)
   for i, v in enumerate(videos):
     if v.num_levels != num_levels:
       raise ValueError(f"pack_catalog: video {v.name!r} has {v.num_levels} levels, "
@@ -113,9 +119,28 @@ def pack_catalog(videos: Sequence[Video],
     probs = v.retention - np.append(v.retention[1:], 0.0)  # p_k, k = 0..N
     cdf[i, :c + 1] = np.cumsum(probs) / probs.sum()
     cdf[i, c] = 1.0
+    alias_prob[i, :c + 1], alias_index[i, :c + 1] = alias_table(probs)
   return Catalog(chunk_sizes=jnp.asarray(sizes), num_chunks=jnp.asarray(num_chunks),
                  retention=jnp.asarray(retention), watch_cdf=jnp.asarray(cdf),
+                 alias_prob=jnp.asarray(alias_prob), alias_index=jnp.asarray(alias_index),
                  bitrates_kbps=jnp.asarray(np.asarray(bitrates_kbps, np.float64)))
+
+
+def alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Walker/Vose alias table: draw j ~ U{0..n-1}, keep j if u < prob[j] else alias[j]."""
+  p = np.asarray(probs, np.float64)
+  n = p.shape[0]
+  scaled = p * n / p.sum()
+  prob = np.ones(n, np.float64)
+  alias = np.arange(n, dtype=np.int32)
+  small = [i for i in range(n) if scaled[i] < 1.0]
+  large = [i for i in range(n) if scaled[i] >= 1.0]
+  while small and large:
+    s, l = small.pop(), large.pop()
+    prob[s], alias[s] = scaled[s], l
+    scaled[l] = scaled[l] + scaled[s] - 1.0
+    (small if scaled[l] < 1.0 else large).append(l)
+  return prob, alias  # leftovers keep prob 1 (numerical slack)
 
 
 def pack_world(traces: Sequence[NetworkTrace],

@@ -23,7 +23,7 @@ DEFAULT_SPLIT_SALT = "gfnfeeds-split-v1"
 
 _IGNORED_SUFFIXES = (".md", ".csv", ".tsv", ".json")
 # Python's float() also accepts '1_000'; a trace file never should.
-_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 def parse_number(path, field: str, what: str, line: int) -> float:
@@ -66,24 +66,30 @@ def read_data_lines(path) -> list[tuple[int, list[str]]]:
   return rows
 
 
-def load_network_trace(path, name: str | None = None) -> NetworkTrace:
-  """Reads and validates one `time_s bandwidth_mbps` trace file.
+def _parse_trace_rows_fast(rows) -> tuple[np.ndarray, np.ndarray] | None:
+  """Parses valid trace rows in bulk; returns None if any check fails."""
+  if len(rows) < 2 or any(len(fields) != 2 for _, fields in rows):
+    return None
+  tokens = [x for _, fields in rows for x in fields]
+  joined = "".join(tokens)
+  # Outside ASCII, float() also reads other scripts' digits; '_' is a digit
+  # separator to float(). Both go to the slow path, which rejects them.
+  if not joined.isascii() or "_" in joined:
+    return None
+  try:
+    values = np.array([float(x) for x in tokens], dtype=np.float64)
+  except ValueError:
+    return None
+  values = values.reshape(-1, 2)
+  times, bandwidth = values[:, 0].copy(), values[:, 1].copy()
+  if not (np.all(np.isfinite(values)) and np.all(bandwidth > 0.0) and
+          np.all(np.diff(times) > 0.0)):
+    return None
+  return times, bandwidth
 
-  Args:
-    path: the file.
-    name: the trace name; defaults to the file name.
 
-  Returns:
-    The trace, with float64 times and bandwidths exactly as Python's float()
-    parses them (as the MMGC reference does).
-
-  Raises:
-    DataError naming the file and 1-based line for: an empty file, a line without
-    exactly 2 fields, a non-numeric or non-finite field, a bandwidth <= 0, a time
-    not strictly greater than the previous one, or fewer than 2 rows.
-  """
-  path = Path(path)
-  rows = read_data_lines(path)
+def _parse_trace_rows(path, rows) -> tuple[np.ndarray, np.ndarray]:
+  """Parses trace rows one by one, raising DataError at the first bad line."""
   times = np.empty(len(rows), dtype=np.float64)
   bandwidth = np.empty(len(rows), dtype=np.float64)
   prev_field = ""
@@ -106,6 +112,30 @@ def load_network_trace(path, name: str | None = None) -> NetworkTrace:
     bandwidth[k] = bw
   if len(rows) < 2:
     raise DataError(path, f"need at least 2 rows, got {len(rows)}", rows[-1][0])
+  return times, bandwidth
+
+
+def load_network_trace(path, name: str | None = None) -> NetworkTrace:
+  """Reads and validates one `time_s bandwidth_mbps` trace file.
+
+  Args:
+    path: the file.
+    name: the trace name; defaults to the file name.
+
+  Returns:
+    The trace, with float64 times and bandwidths exactly as Python's float()
+    parses them (as the MMGC reference does).
+
+  Raises:
+    DataError naming the file and 1-based line for: an empty file, a line without
+    exactly 2 fields, a non-numeric or non-finite field, a bandwidth <= 0, a time
+    not strictly greater than the previous one, or fewer than 2 rows.
+  """
+  path = Path(path)
+  rows = read_data_lines(path)
+  parsed = _parse_trace_rows_fast(rows)
+  times, bandwidth = parsed if parsed is not None else _parse_trace_rows(
+      path, rows)
   return NetworkTrace(
       name=path.name if name is None else name,
       times_s=times,

@@ -74,8 +74,9 @@ def load_retention(path, num_chunks: int) -> np.ndarray:
   last_line, last_fields = rows[-1]
   if len(rows) < 2 or r[-1] != 0.0:
     raise DataError(
-        path, f"missing end marker: the last row must be '{len(rows)} 0' "
-        f"(t = N+1, r = 0), got '{' '.join(last_fields)}'", last_line)
+        path, f"missing end marker: the last row must be 'N+1 0' (here "
+        f"'{num_chunks + 1} 0'), the file ends with '{' '.join(last_fields)}'",
+        last_line)
   n = len(rows) - 2
   if n != num_chunks:
     raise DataError(

@@ -357,24 +357,30 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
 
   # ----------------------------------------------------------------- sessions
   def sample_session(self, key: jax.Array, params: EnvParams) -> Session:
-    """Draws a session: trace, start row, videos, watch durations, preferences."""
-    k_trace, k_row, k_vid, k_user, k_pref = jax.random.split(key, 5)
-    world, catalog = params.world, params.catalog
-    trace_index = jax.random.randint(k_trace, (), 0, world.num_traces, jnp.int32)
-    n = world.trace_len[trace_index]
-    start_row = jnp.where(params.random_offset,
-                          jax.random.randint(k_row, (), 1, n, jnp.int32), 1).astype(jnp.int32)
-    sequential = jnp.arange(self.num_videos, dtype=jnp.int32) % catalog.num_videos
-    shuffled = jax.random.randint(k_vid, (self.num_videos,), 0, catalog.num_videos, jnp.int32)
+    """Draws a session: trace, start row, videos, watch durations, preferences.
+
+    All randomness comes from one uniform vector: the auto-reset runs inside
+    every step, so its cost matters (see BUILD_NOTES.md).
+    """
+    world, catalog, v = params.world, params.catalog, self.num_videos
+    u = jax.random.uniform(key, (3 + 4 * v + PreferenceSampler.NUM_UNIFORMS,), jnp.float64)
+    u_watch, u_pref = u[3:3 + 4 * v].reshape(4, v), u[3 + 4 * v:]
+
+    def pick(x, n):  # floor(x * n) as an index in [0, n)
+      return jnp.minimum(jnp.floor(x * n).astype(jnp.int32), n - 1)
+
+    trace_index = pick(u[0], world.num_traces)
+    n_rows = world.trace_len[trace_index]
+    start_row = jnp.where(params.random_offset, 1 + pick(u[1], n_rows - 1), 1).astype(jnp.int32)
+    sequential = jnp.arange(v, dtype=jnp.int32) % catalog.num_videos
+    shuffled = pick(u_watch[0], catalog.num_videos)
     video_ids = jnp.where(params.shuffle_videos, shuffled, sequential)
     watch_ms = jax.lax.cond(
         params.watch_from_bank,
-        lambda k: world.watch_bank[jax.random.randint(k, (), 0, world.num_users)],
-        lambda k: sample_watch_ms(k, catalog, video_ids),
-        k_user)
+        lambda: world.watch_bank[pick(u[2], world.num_users)].astype(jnp.int32),
+        lambda: watch_from_uniforms(catalog, video_ids, u_watch[1], u_watch[2], u_watch[3]))
     return Session(trace_index=trace_index, start_row=start_row, video_ids=video_ids,
-                   watch_ms=watch_ms.astype(jnp.int32),
-                   weights=params.preferences.sample(k_pref))
+                   watch_ms=watch_ms, weights=params.preferences.from_uniforms(u_pref))
 
   def reset_env(self, key: jax.Array, params: EnvParams):
     return self.reset_to_session(self.sample_session(key, params), params)
@@ -579,20 +585,25 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
         action_mask=mask)
 
 
-def sample_watch_ms(key: jax.Array, catalog: Catalog, video_ids: jnp.ndarray) -> jnp.ndarray:
-  """Watch durations (ms) from the retention curves: the MMGC model's distribution.
+def watch_from_uniforms(catalog: Catalog, video_ids, u_index, u_keep, u_offset) -> jnp.ndarray:
+  """Watch durations (ms) from the retention curves (the MMGC model's distribution).
 
-  Chunk index k is drawn with p_k = r(k) - r(k+1); k == N is a full watch
-  (N * 1000 ms), else the swipe is uniform in [k*1000, k*1000 + 1000).
+  Chunk index k ~ p_k = r(k) - r(k+1) (alias method; k == N is a full watch of
+  N * 1000 ms), else the swipe time is uniform in [k*1000, k*1000 + 1000).
+  The three uniforms are independent, one per video each.
   """
-  k_idx, k_off = jax.random.split(key)
-  u = jax.random.uniform(k_idx, video_ids.shape, jnp.float64)
-  cdf = catalog.watch_cdf[video_ids]  # [V, C+1]
   n = catalog.num_chunks[video_ids]
-  k = jnp.minimum(jnp.sum(cdf <= u[:, None], axis=-1), n).astype(jnp.int32)
-  offset = jax.random.uniform(k_off, video_ids.shape, jnp.float64)
-  partial_ms = jnp.floor((k + offset) * CHUNK_MS).astype(jnp.int32)
+  j = jnp.minimum(jnp.floor(u_index * (n + 1)).astype(jnp.int32), n)
+  keep = u_keep < catalog.alias_prob[video_ids, j]
+  k = jnp.where(keep, j, catalog.alias_index[video_ids, j])
+  partial_ms = jnp.floor((k + u_offset) * CHUNK_MS).astype(jnp.int32)
   return jnp.where(k >= n, n * CHUNK_MS, partial_ms)
+
+
+def sample_watch_ms(key: jax.Array, catalog: Catalog, video_ids: jnp.ndarray) -> jnp.ndarray:
+  """Watch durations (ms) for `video_ids` from the retention curves."""
+  u = jax.random.uniform(key, (3,) + video_ids.shape, jnp.float64)
+  return watch_from_uniforms(catalog, video_ids, u[0], u[1], u[2])
 
 
 def session_metrics(state: EnvState, params: EnvParams) -> dict:

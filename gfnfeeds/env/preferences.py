@@ -45,11 +45,18 @@ class PreferenceSampler:
   low: jnp.ndarray
   high: jnp.ndarray
 
+  NUM_UNIFORMS = 5
+
   def sample(self, key: jax.Array) -> jax.Array:
     """Draws one weight vector [4]."""
-    k_arch, k_noise = jax.random.split(key)
-    arch = jax.random.choice(k_arch, self.means.shape[0], p=self.probs)
-    noise = jax.random.normal(k_noise, (4,), jnp.float64)
+    return self.from_uniforms(jax.random.uniform(key, (self.NUM_UNIFORMS,), jnp.float64))
+
+  def from_uniforms(self, u: jax.Array) -> jax.Array:
+    """One weight vector from 5 uniforms in [0, 1): archetype, then 4 normals (Box-Muller)."""
+    arch = jnp.minimum(jnp.sum(jnp.cumsum(self.probs) <= u[0]), self.means.shape[0] - 1)
+    radius = jnp.sqrt(-2.0 * jnp.log1p(-u[1:3]))  # 1 - u in (0, 1]
+    angle = 2.0 * jnp.pi * u[3:5]
+    noise = jnp.concatenate([radius * jnp.cos(angle), radius * jnp.sin(angle)])
     w = self.means[arch] * jnp.exp(self.jitter * noise)
     return jnp.clip(w, self.low, self.high)
 

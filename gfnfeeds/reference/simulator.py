@@ -237,7 +237,8 @@ class ReferenceSimulator:
     s = self._s
     played_before = self._played_ms
     sleep_len = self._sleep_length(sleep_ms)
-    invalid = sleep_len is None or (sleep_len == 0 and not self._valid_download(video_id_abs, level))
+    invalid = sleep_len is None or (
+        sleep_len == 0 and not self._valid_download(video_id_abs, level))
     if invalid:
       sleep_len = s.invalid_sleep_ms
       self._invalid += 1

@@ -12,6 +12,7 @@ called with None for the first decision of a session.
 from __future__ import annotations
 
 import itertools
+import math
 
 from gfnfeeds.reference.simulator import ReferenceSimulator, StepResult
 
@@ -53,9 +54,15 @@ class FixedPreload:
 class NoSave:
   """MMGC baseline `no_save`: download continuously, RobustMPC bitrates.
 
-  Keeps the reference's estimator quirk: the wrapper and the MPC routine both
-  append to the same error and estimate lists, so each decision with a target
-  adds two entries.
+  Keeps two quirks of the reference code, both needed for exact replay:
+    * the wrapper and the MPC routine both append to the same error and
+      estimate lists, so each decision with a target adds two entries;
+    * in the MPC enumeration the "previous level" of the smoothness term is
+      initialised once per decision (the target's last downloaded level, 0 if
+      none) and is not reset between sequences: each sequence after the first
+      starts from the last level of the sequence enumerated before it.
+      SIMULATOR.md Appendix A omits this; without it no_save/high/0 diverges
+      at step 3.
   """
 
   horizon = 5
@@ -107,7 +114,7 @@ class NoSave:
     self.errors.append(error)
     first = next(i for i, x in enumerate(self.throughput) if x != 0)
     samples = self.throughput[first:]
-    harmonic = len(samples) / sum(1 / x for x in samples)
+    harmonic = 1.0 / (sum(1 / x for x in samples) / len(samples))
     self.estimates.append(harmonic)
     return harmonic / (1 + max(self.errors[-5:]))
 
@@ -115,12 +122,12 @@ class NoSave:
     """First level of the best sequence over the next chunks; ties go to the later sequence."""
     kbps = sim.bitrates_kbps
     horizon = min(self.horizon, target.num_chunks - target.chunk_counter)
-    last_level = target.levels[-1] if target.levels else 0
+    # Set once per decision: the reference never resets it between sequences.
+    prev = target.levels[-1] if target.levels else 0
     best_reward, best = -math.inf, None
     for seq in itertools.product(range(len(kbps)), repeat=horizon):
       buffer = target.buffer_ms
       stall = quality = smooth = 0.0
-      prev = last_level
       for i, level in enumerate(seq):
         size = sim.chunk_size(target.video_id, target.chunk_counter + i, level)
         download_ms = 1000 * (size / 1e6) / bandwidth

@@ -1,0 +1,108 @@
+"""Rollouts of many sessions: scanned over time, vmapped over sessions, sharded over devices."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from gfnfeeds.env.environment import tree_select
+from gfnfeeds.env.feeds import EnvParams, FeedsEnv, Session, session_metrics
+
+SESSION_AXIS = "sessions"
+
+
+def session_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all local devices (or `devices`), axis name 'sessions'."""
+  devices = jax.local_devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (SESSION_AXIS,))
+
+
+def shard_sessions(fn: Callable, mesh: Mesh, num_sharded_args: int) -> Callable:
+  """Runs `fn` on each device's share of the session axis.
+
+  The first `num_sharded_args` arguments (pytrees with a leading session axis)
+  are split over the mesh; the remaining arguments (params) are replicated;
+  every output keeps a leading session axis. The session count must divide by
+  the number of devices.
+  """
+
+  def wrapped(*args):
+    specs = tuple(P(SESSION_AXIS) if i < num_sharded_args else P() for i in range(len(args)))
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(SESSION_AXIS),
+                         check_vma=False)(*args)
+
+  return wrapped
+
+
+def make_autoreset_rollout(env: FeedsEnv, policy, num_steps: int):
+  """Returns `rollout(keys[N], params) -> dict of [N] sums`: `num_steps` steps per session.
+
+  Sessions auto-reset when they end (gymnax semantics) and the policy state is
+  re-initialised with them. This is the training/benchmark loop shape.
+  """
+
+  def one_session(key, params: EnvParams):
+    k_reset, k_loop = jax.random.split(key)
+    obs, state = env.reset(k_reset, params)
+    pstate = policy.init(obs, params.catalog)
+
+    def body(carry, k):
+      obs, state, pstate = carry
+      k_act, k_step = jax.random.split(k)
+      action, pstate = policy.act(k_act, pstate, obs, params.catalog)
+      obs, state, reward, terminated, truncated, _ = env.step(k_step, state, action, params)
+      done = terminated | truncated
+      pstate = tree_select(done, policy.init(obs, params.catalog), pstate)
+      return (obs, state, pstate), (reward, done)
+
+    _, (rewards, dones) = jax.lax.scan(body, (obs, state, pstate),
+                                       jax.random.split(k_loop, num_steps))
+    return {"reward": rewards.sum(), "sessions_ended": dones.sum()}
+
+  return jax.vmap(one_session, in_axes=(0, None))
+
+
+def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
+  """Returns `evaluate(sessions, keys[N], params) -> (metrics dict of [N], steps)`.
+
+  Runs each given Session to its end (no auto-reset): a while loop over decision
+  steps that stops when every session has ended or after `max_steps`
+  (default env.max_steps); ended sessions are frozen. Use it to compare
+  policies on exactly the same sessions.
+  """
+  limit = env.max_steps if max_steps is None else int(max_steps)
+
+  def evaluate(sessions: Session, keys: jax.Array, params: EnvParams):
+    obs, state = jax.vmap(env.reset_to_session, in_axes=(0, None))(sessions, params)
+    pstate = jax.vmap(policy.init, in_axes=(0, None))(obs, params.catalog)
+    done = jnp.zeros(keys.shape[:1], bool)
+
+    def one_step(key, obs, state, pstate, done):
+      k_act, k_step = jax.random.split(key)
+      action, pstate_n = policy.act(k_act, pstate, obs, params.catalog)
+      obs_n, state_n, _, terminated, truncated, _ = env.step_env(k_step, state, action, params)
+      ended = terminated | truncated | (state_n.steps >= limit)
+      keep = done
+      return (tree_select(keep, obs, obs_n), tree_select(keep, state, state_n),
+              tree_select(keep, pstate, pstate_n), done | ended)
+
+    def cond(c):
+      return jnp.logical_and(c[0] < limit, jnp.logical_not(jnp.all(c[5])))
+
+    def body(c):
+      t, keys, obs, state, pstate, done = c
+      step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+      obs, state, pstate, done = jax.vmap(one_step)(step_keys, obs, state, pstate, done)
+      return t + 1, keys, obs, state, pstate, done
+
+    t, _, _, state, _, done = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), keys, obs, state, pstate, done))
+    metrics = jax.vmap(session_metrics, in_axes=(0, None))(state, params)
+    metrics["completed"] = state.play_id >= env.num_videos
+    return metrics, t
+
+  return evaluate

@@ -1,0 +1,52 @@
+"""The interface shared by every controller in gfnfeeds.
+
+A policy is a hashable (static) object with two pure methods. It sees only the
+Observation and the client-visible Catalog, never the World, and carries what it
+remembers between decisions (a throughput estimator, an RNN state, ...) in a
+pytree `policy_state` that the rollout threads through and re-initialises when
+a session starts. Policies are jittable and vmappable over sessions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gfnfeeds.data.packing import Catalog
+from gfnfeeds.env.feeds import Action, Observation
+
+PolicyState = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """Base class. Subclasses are frozen dataclasses (hashable, so jit can treat them as static)."""
+
+  def init(self, obs: Observation, catalog: Catalog) -> PolicyState:
+    """The policy state at the start of a session (default: none)."""
+    del obs, catalog
+    return ()
+
+  def act(self, key: jax.Array, policy_state: PolicyState, obs: Observation,
+          catalog: Catalog) -> tuple[Action, PolicyState]:
+    raise NotImplementedError
+
+  @property
+  def name(self) -> str:
+    return type(self).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomValidPolicy(Policy):
+  """Uniform over the valid discrete actions (the mask): a trivial policy for benchmarks."""
+
+  env: Any = None  # the FeedsEnv that defines the discrete action set
+
+  def act(self, key, policy_state, obs, catalog):
+    del catalog
+    logits = jnp.where(obs.action_mask, 0.0, -jnp.inf)
+    index = jax.random.categorical(key, logits).astype(jnp.int32)
+    return self.env.action_from_index(index), policy_state
