@@ -33,6 +33,10 @@ class Environment(Generic[State, Params]):
   observation of the ended one (as gymnax 1.0 and Gymnasium do).
   """
 
+  # False when step_env ignores its key (deterministic dynamics): step then hands
+  # the whole key to the auto-reset and saves a split per step.
+  step_uses_key: bool = True
+
   def default_params(self) -> Params:
     raise NotImplementedError
 
@@ -42,12 +46,17 @@ class Environment(Generic[State, Params]):
 
   def step(self, key: jax.Array, state: State, action: Action, params: Params):
     """Steps one session; auto-resets it when it ends."""
-    key_step, key_reset = jax.random.split(key)
+    if self.step_uses_key:
+      key_step, key_reset = jax.random.split(key)
+    else:
+      key_step = key_reset = key
     obs, state_next, reward, terminated, truncated, info = self.step_env(
         key_step, state, action, params)
     obs_reset, state_reset = self.reset_env(key_reset, params)
     done = jnp.logical_or(terminated, truncated)
     info = dict(info, final_observation=obs)
+    # Selecting both observations measured faster on CPU than observing the
+    # selected state once (BUILD_NOTES.md, environment speed).
     state_out = tree_select(done, state_reset, state_next)
     obs_out = tree_select(done, obs_reset, obs)
     return obs_out, state_out, reward, terminated, truncated, info

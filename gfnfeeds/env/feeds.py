@@ -312,6 +312,7 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
   reference_quirks: bool = False
   max_steps: int = 4096
   num_levels_hint: int = 3
+  step_uses_key = False  # the dynamics are deterministic given the session
 
   # ----------------------------------------------------------------- params
   def make_params(self, catalog: Catalog, world: World,
@@ -534,7 +535,10 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
         downloaded_ms=state.downloaded_ms + jnp.where(is_download, CHUNK_MS, 0),
         played_ms=state.played_ms + played_ms, rebuf_ms=state.rebuf_ms + rebuf_ms,
         wall_ms=state.wall_ms + duration_ms, dropped_ms=state.dropped_ms + dropped_ms,
-        startup_ms=state.startup_ms + jnp.where(state.played_ms == 0, rebuf_ms, 0),
+        # Stalls before the first frame only: once this step has played anything, its
+        # stall came after playback started and is ordinary rebuffering.
+        startup_ms=state.startup_ms + jnp.where((state.played_ms == 0) & (played_ms == 0),
+                                                rebuf_ms, 0),
         invalid_actions=state.invalid_actions + invalid, steps=state.steps + 1,
         aborted=aborted)
 
