@@ -252,12 +252,17 @@ def _validate_traces(path, arrays):
   if offsets[0] != 0 or offsets[-1] != times.shape[0]:
     raise DataError(path, f"offsets must run from 0 to the row count "
                     f"{times.shape[0]}, got {offsets[0]} .. {offsets[-1]}")
+  # Structure before contents, so a bad offset is reported as such rather
+  # than as the time jump it creates between two traces.
+  lengths = np.diff(offsets)
+  bad = np.flatnonzero(lengths < 2)
+  if bad.size:
+    i = bad[0]
+    raise DataError(path, f"trace {i} ({names[i]!r}): need at least 2 rows, "
+                    f"got {lengths[i]} (offsets must increase by >= 2)")
   bandwidth = bandwidth.astype(np.float64)
   for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
     entry = f"trace {i} ({names[i]!r})"
-    if b - a < 2:
-      raise DataError(path, f"{entry}: need at least 2 rows, got {b - a} "
-                      "(offsets must increase by >= 2)")
     t, bw = times[a:b], bandwidth[a:b]
     bad = np.flatnonzero(~np.isfinite(t))
     if bad.size:

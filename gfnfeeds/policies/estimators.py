@@ -24,7 +24,8 @@ replicates the No-Save baseline's bookkeeping (SIMULATOR.md Appendix A): one
 decision with a target appends two errors and two estimates.
 
 Everything is jittable and vmappable; the sums run in a fixed left-to-right
-order (unrolled over the 5 slots) so float64 results equal the reference's.
+order (unrolled over the 5 slots) and divisions by constants use
+`numerics.exact_div`, so float64 results equal the reference's bit for bit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from gfnfeeds.env.environment import tree_select
+from gfnfeeds.policies.numerics import exact_div
 
 WINDOW = 5  # samples and errors kept (RobustMPC and MMGC use 5)
 
@@ -74,7 +76,7 @@ def observed_sample(obs) -> tuple[jnp.ndarray, jnp.ndarray]:
   """
   delay_ms = jnp.asarray(obs.last_delay_ms, jnp.float64)
   valid = jnp.logical_and(obs.last_was_download, delay_ms > 0)
-  sample = (obs.last_bytes / 1e6) / (jnp.where(valid, delay_ms, 1.0) / 1000.0)
+  sample = exact_div(obs.last_bytes, 1e6) / exact_div(jnp.where(valid, delay_ms, 1.0), 1000.0)
   return jnp.where(valid, sample, 0.0), valid
 
 

@@ -22,7 +22,9 @@ smoothness and a cross-video stall for the first chunk.
 Exactness. The sums run position by position (an unrolled loop over H), in
 the reference's units (kbps, ms, bytes) and operation order, so with weights
 (1, 4.3, 1, 0) `weighted_objective` equals the plain-Python No-Save reward
-bit for bit; ties then resolve as in the reference.
+bit for bit; ties then resolve as in the reference. Divisions by constants go
+through `numerics.exact_div`: XLA would otherwise turn x / 1000 into
+x * 0.001 and flip near-ties (no_save on mixed/8 with MMGC user 7 does).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from gfnfeeds.policies.numerics import exact_div
 
 CHUNK_MS = 1000.0
 DEFAULT_HORIZON = 5
@@ -104,6 +108,11 @@ def chunk_sizes_ahead(catalog, video, first_chunk, horizon: int = DEFAULT_HORIZO
   return jnp.where(inside[:, None], sizes, 0.0)
 
 
+def download_ms_table(sizes_bytes, bandwidth_mbs):
+  """Predicted download time (ms) [H, L] of each position and level: 1000 (bytes / 1e6) / C."""
+  return 1000.0 * exact_div(sizes_bytes, 1e6) / bandwidth_mbs
+
+
 def rollout(sizes_bytes, bitrates_kbps, buffer_ms, bandwidth_mbs, num_left, prev_level,
             quality_weights=None, smooth_weights=None, carry_prev: bool = False) -> MpcTerms:
   """Rolls every level sequence of the horizon forward and returns its terms.
@@ -137,6 +146,9 @@ def rollout(sizes_bytes, bitrates_kbps, buffer_ms, bandwidth_mbs, num_left, prev
   valid = jnp.all(jnp.logical_or(active[None, :], table == 0), axis=1)
   kbps = bitrates_kbps[table]  # [S, H]
   sizes = sizes_bytes[position[None, :], table]  # [S, H]: size of level seq[k] at position k
+  # Elementwise the same expression as the reference, so gathering from the
+  # [H, L] table gives the very values a per-sequence computation would.
+  download_ms_all = download_ms_table(sizes_bytes, bandwidth_mbs)[position[None, :], table]
   wq = jnp.ones((h,), jnp.float64) if quality_weights is None else quality_weights
   ws = jnp.ones((h,), jnp.float64) if smooth_weights is None else smooth_weights
 
@@ -156,7 +168,7 @@ def rollout(sizes_bytes, bitrates_kbps, buffer_ms, bandwidth_mbs, num_left, prev
   stall_k, download_k = [], []
   for i in range(h):  # unrolled: the reference's summation order
     on = active[i]
-    download_ms = 1000.0 * (sizes[:, i] / 1e6) / bandwidth_mbs
+    download_ms = download_ms_all[:, i]
     short = buffer < download_ms
     s_i = jnp.where(jnp.logical_and(on, short), download_ms - buffer, 0.0)
     stall = stall + s_i
@@ -182,8 +194,8 @@ def weighted_objective(terms: MpcTerms, alpha, beta, gamma, theta, stall_ms=None
   own-buffer stall (PDAS substitutes its cross-video first-chunk stall).
   """
   stall = terms.stall_ms if stall_ms is None else stall_ms
-  return (alpha * terms.quality_kbps / 1000.0 - beta * stall / 1000.0
-          - gamma * terms.smooth_kbps / 1000.0 - theta * terms.megabits)
+  return (exact_div(alpha * terms.quality_kbps, 1000.0) - exact_div(beta * stall, 1000.0)
+          - exact_div(gamma * terms.smooth_kbps, 1000.0) - theta * terms.megabits)
 
 
 def best_sequence(objective, valid):

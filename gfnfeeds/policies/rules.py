@@ -28,7 +28,9 @@ from gfnfeeds.env.preferences import MMGC_WEIGHTS
 from gfnfeeds.policies import estimators as est
 from gfnfeeds.policies import mpc
 from gfnfeeds.policies.base import Policy
+from gfnfeeds.policies.numerics import exact_div
 
+LATER_STALL_MODELS = ("own", "window")  # Pdas: stall model of positions k >= 1
 STARTER_SLEEP_MS = 500  # No-Save and Fixed-Preload sleep 500 ms when nothing is left
 
 
@@ -148,7 +150,8 @@ def nosave_target(obs, quota_bytes: float):
   """
   has = slots_with_chunks(obs)
   w = has.shape[0]
-  passes = jnp.floor(obs.preload_bytes / quota_bytes) + 1.0
+  # A true division: at preload == q * quota exactly the pass must be q + 1.
+  passes = jnp.floor(exact_div(obs.preload_bytes, quota_bytes)) + 1.0
   queued = has & (jnp.arange(w) >= 1)
   keyed = jnp.where(queued, passes, jnp.inf)
   rr_slot = jnp.argmin(keyed).astype(jnp.int32)  # argmin returns the first minimum
@@ -282,32 +285,45 @@ class Pdas(Policy):
      chunks (all 3^K sequences, its own buffer rolled forward from b_i):
        U = sum_k [alpha p_k q_k - gamma p_k |q_k - q_{k-1}|]
            - beta (Gamma(r_0) + sum_{k>=1} own stall_k) - theta Mb,
-     p_k = p_i(m + k), q in Mbps, stalls in s, weights (1, 1.85, 1, 0.5).
-     Gamma(r_0) is the cross-video expected stall of eq. (13) for the first
-     chunk: with T = its predicted download time (s) and k = ceil(T / 1 s),
-     for every window slot j (z_j as above)
+     p_k = p_i(m + k), q in Mbps, stalls in s, (alpha, beta, gamma, theta) =
+     (1, 1.85, 1, 0.5). Gamma(r_0) is the cross-video expected stall of
+     eq. (13) for the first chunk: with T = its predicted download time (s)
+     and k = ceil(T / 1 s), for every window slot j (z_j as above)
        stay_j = p_j(z_j + k), Gamma_j = stay_j max(T - b_j, 0),
        P_0 = 1, P_j = prod_{l<j} (1 - stay_l), Gamma = sum_j P_j Gamma_j.
      The candidate keeps its best first level (ties: last maximal sequence).
   5. Download the candidate with the largest U (ties: the lower slot).
 
+  later_stall="window" (an option, not the default) replaces the own-buffer
+  stall of positions k >= 1 by eq. (13) applied at every position, with the
+  playing video's buffer draining and the candidate's filling between
+  positions (`window_stall_s`). The own-buffer form rolls a queued video's
+  buffer down as if it were playing, which makes a queued video with a
+  larger buffer look safer than the stalled playing video; see
+  notes_policies.md for the measured effect.
+
   Interpretations of what the paper leaves open (also in notes_policies.md):
-    * C is in MB/s (the MMGC sample unit), b_th and b_max in seconds;
-      T_max and T use size / C with samples that include the RTT, as RobustMPC;
+    * C is in MB/s (the MMGC sample unit), b_th and b_max in seconds; T_max
+      and T are size / C with samples that include the RTT, as RobustMPC;
     * K = 5 (fewer when fewer chunks remain); U sums the K positions as
       Algorithm 1 says (no normalization by K);
-    * the own-buffer roll-out of a queued candidate drains its buffer during
-      downloads as RobustMPC does (the recommended form), though a queued
-      video does not play;
     * previous level for the smoothness of the first position: the
       candidate's last downloaded level; for its chunk 0, the newest level of
       the video in the slot before it; none for slot 0 at chunk 0;
     * stall and bandwidth terms are not retention-weighted (eq. 1 charges
-      every byte; eq. 13 already carries its probabilities);
+      every byte; eq. 13 carries its own probabilities);
     * bandwidth: one error and one estimate per new sample (clean RobustMPC);
     * first decision (no sample yet): video 0 at level 0;
     * the max-buffer rule does not depend on the weights (PdasPersonalized
       changes only the objective).
+
+  Attributes:
+    horizon: K, the static MPC horizon.
+    epsilon, lambda1, lambda2: the b_th constants.
+    sleep_ms: tau, the sleep when no video qualifies.
+    weights: (alpha, beta, gamma, theta) of U.
+    personalized: use obs.weights instead of `weights` (PdasPersonalized).
+    later_stall: "own" (default) or "window", see above.
 
   policy_state: estimators.EstimatorState.
   """
@@ -318,7 +334,12 @@ class Pdas(Policy):
   lambda2: float = 0.15
   sleep_ms: int = 50
   weights: tuple[float, float, float, float] = MMGC_WEIGHTS
-  personalized: bool = False  # use obs.weights instead of `weights`
+  personalized: bool = False
+  later_stall: str = "own"
+
+  def __post_init__(self):
+    if self.later_stall not in LATER_STALL_MODELS:
+      raise ValueError(f"later_stall must be one of {LATER_STALL_MODELS}, got {self.later_stall!r}")
 
   def init(self, obs, catalog):
     del obs, catalog
@@ -335,8 +356,7 @@ class Pdas(Policy):
     w = obs.slot_valid.shape[0]
     video = slot_videos(obs)
     c = obs.chunks_downloaded
-    z = obs.play_ms // 1000
-    p_next = conditional_retention(obs, catalog, c, z)
+    p_next = conditional_retention(obs, catalog, c, obs.play_ms // 1000)
     top = catalog.chunk_sizes[video, jnp.clip(c, 0, catalog.max_chunks - 1), -1]
     t_max = top / 1e6 / bandwidth
     b_th = self.epsilon * jnp.exp(-self.lambda1 * bandwidth - self.lambda2 * jnp.arange(w))
@@ -347,35 +367,77 @@ class Pdas(Policy):
     return slots_with_chunks(obs) & (obs.buffer_ms / 1000.0 <= self.max_buffer_s(
         obs, catalog, bandwidth))
 
-  def expected_stall_s(self, obs, catalog, download_s):
-    """Eq. (13): expected stall (s) over the window for first-chunk download times [S]."""
-    z = obs.play_ms // 1000  # [W]
-    k = jnp.ceil(download_s)  # chunks played during the download (1-s chunks)
-    ahead = z[:, None] + k[None, :].astype(jnp.int32)  # [W, S]
-    stay = conditional_retention(obs, catalog, ahead, z[:, None])  # [W, S]
-    stay = jnp.where(obs.slot_valid[:, None], stay, 0.0)
-    gamma_j = stay * jnp.maximum(download_s[None, :] - obs.buffer_ms[:, None] / 1000.0, 0.0)
+  def stall_weights(self, obs, catalog, download_s):
+    """Eq. (13)'s P_{ic,j} stay_j per slot for download times `download_s`: [W, *download_s.shape].
+
+    stay_j = p_j(z_j + ceil(T)) (the user still on video j after the
+    ceil(T) chunks played during the download), P_{ic,0} = 1 and
+    P_{ic,j} = prod_{l<j} (1 - stay_l). Empty slots weigh 0.
+    """
+    w = obs.slot_valid.shape[0]
+    extra = (None,) * download_s.ndim
+    z = (obs.play_ms // 1000)[(slice(None),) + extra]
+    k = jnp.ceil(download_s).astype(jnp.int32)[None]
+    stay = conditional_retention(obs, catalog, z + k, jnp.broadcast_to(z, (w,) + download_s.shape))
+    valid = obs.slot_valid[(slice(None),) + extra]
+    stay = jnp.where(valid, stay, 0.0)
     leave = jnp.cumprod(1.0 - stay, axis=0)
-    reach = jnp.concatenate([jnp.ones_like(leave[:1]), leave[:-1]], axis=0)  # P_{ic,j}
-    return jnp.sum(jnp.where(obs.slot_valid[:, None], reach * gamma_j, 0.0), axis=0)
+    reach = jnp.concatenate([jnp.ones_like(leave[:1]), leave[:-1]], axis=0)
+    return jnp.where(valid, reach * stay, 0.0)
+
+  def expected_stall_s(self, obs, catalog, download_s):
+    """Eq. (13): the expected stall (s) of downloads taking `download_s` seconds (any shape)."""
+    extra = (None,) * download_s.ndim
+    buf = (obs.buffer_ms / 1000.0)[(slice(None),) + extra]
+    gap = jnp.maximum(download_s[None] - buf, 0.0)
+    return jnp.sum(self.stall_weights(obs, catalog, download_s) * gap, axis=0)
+
+  def window_stall_s(self, obs, catalog, download_s_table, sequences, active, slot):
+    """Eq. (13) at every position, the window's buffers rolled forward: [S] seconds.
+
+    download_s_table [H, L] are the predicted download times per position and
+    level; position k of sequence s adds sum_j P_j stay_j max(T_k - b_j, 0)
+    as eq. (13) does for k = 0; between positions the playing video's buffer
+    drains by T_k and the candidate's buffer gains the 1-s chunk.
+    """
+    w = obs.slot_valid.shape[0]
+    n_seq, h = sequences.shape
+    weights = self.stall_weights(obs, catalog, download_s_table)  # [W, H, L]
+    buf = jnp.broadcast_to((obs.buffer_ms / 1000.0)[:, None], (w, n_seq))
+    is_target = (jnp.arange(w) == slot)[:, None]
+    is_head = (jnp.arange(w) == 0)[:, None]
+    total = jnp.zeros((n_seq,), jnp.float64)
+    for i in range(h):  # unrolled over the horizon
+      level = sequences[:, i]
+      t = jnp.where(active[i], download_s_table[i, level], 0.0)[None, :]
+      total = total + jnp.sum(weights[:, i, level] * jnp.maximum(t - buf, 0.0), axis=0)
+      buf = jnp.where(is_head & active[i], jnp.maximum(buf - t, 0.0), buf)
+      buf = jnp.where(is_target & active[i], buf + 1.0, buf)
+    return total
 
   def candidate_utility(self, obs, catalog, bandwidth, slot, weights):
-    """(best first level, U) of window slot `slot`."""
+    """(best first level, U) of window slot `slot` (meaningful where it is a candidate)."""
     video = slot_videos(obs)[slot]
     c = obs.chunks_downloaded[slot]
-    z = obs.play_ms[slot] // 1000
-    pk = conditional_retention(obs, catalog, jnp.broadcast_to(c + jnp.arange(self.horizon),
-                                                              (obs.slot_valid.shape[0],
-                                                               self.horizon)),
-                               z)[slot]
+    ahead = c + jnp.arange(self.horizon)
+    w = obs.slot_valid.shape[0]
+    pk = conditional_retention(obs, catalog, jnp.broadcast_to(ahead, (w, self.horizon)),
+                               jnp.broadcast_to((obs.play_ms // 1000)[:, None],
+                                                (w, self.horizon)))[slot]
     prev_slot_level = jnp.where(slot > 0, obs.last_level[jnp.maximum(slot - 1, 0)], -1)
     prev = jnp.where(obs.last_level[slot] >= 0, obs.last_level[slot], prev_slot_level)
-    terms = mpc.rollout(mpc.chunk_sizes_ahead(catalog, video, c, self.horizon),
-                        catalog.bitrates_kbps, obs.buffer_ms[slot], bandwidth,
+    sizes = mpc.chunk_sizes_ahead(catalog, video, c, self.horizon)
+    terms = mpc.rollout(sizes, catalog.bitrates_kbps, obs.buffer_ms[slot], bandwidth,
                         obs.num_chunks[slot] - c, prev, quality_weights=pk, smooth_weights=pk)
-    first_s = terms.download_ms_k[:, 0] / 1000.0
-    cross_ms = self.expected_stall_s(obs, catalog, first_s) * 1000.0
-    stall_ms = cross_ms + jnp.sum(terms.stall_ms_k[:, 1:], axis=1)
+    download_s = mpc.download_ms_table(sizes, bandwidth) / 1000.0  # [H, L]
+    if self.later_stall == "own":
+      # Gamma depends on the first level only: L evaluations, then a gather.
+      first = self.expected_stall_s(obs, catalog, download_s[0])[terms.sequences[:, 0]]
+      stall_ms = first * 1000.0 + jnp.sum(terms.stall_ms_k[:, 1:], axis=1)
+    else:
+      active = jnp.arange(self.horizon) < terms.horizon
+      stall_ms = 1000.0 * self.window_stall_s(obs, catalog, download_s, terms.sequences, active,
+                                              slot)
     alpha, beta, gamma, theta = weights[0], weights[1], weights[2], weights[3]
     objective = mpc.weighted_objective(terms, alpha, beta, gamma, theta, stall_ms=stall_ms)
     return mpc.first_level(terms, objective)
