@@ -41,6 +41,8 @@ flags.DEFINE_string("users", "mmgc_default", "mmgc_default | mmgc_samples:N | sa
 flags.DEFINE_enum("preferences", "mmgc", ["mmgc", "sampled"], "user weights (alpha, beta, gamma, theta)")
 flags.DEFINE_enum("trace_class", "all", ["all", "low", "medium", "high"], "filter traces by class")
 flags.DEFINE_enum("split", "all", ["all", "train", "test"], "filter traces by the 80/20 split")
+flags.DEFINE_bool("skip_invalid_traces", False,
+                  "leave out trace files that fail validation instead of stopping")
 flags.DEFINE_bool("reference_quirks", False, "reproduce MMGC quirks 2 and 4 (SIMULATOR.md 9)")
 flags.DEFINE_bool("random_offset", False, "start each session at a seeded random trace row")
 flags.DEFINE_integer("sessions", None, "number of sessions (cycles the trace x user pairs)")
@@ -67,7 +69,8 @@ def main(argv):
   from gfnfeeds.policies.registry import make_policy  # deferred: registry imports every policy
   try:
     evaluation.parse_users(FLAGS.users)
-    traces, _ = load_network_arg(FLAGS.network)
+    traces, _ = load_network_arg(FLAGS.network,
+                                 "skip" if FLAGS.skip_invalid_traces else "raise")
     traces = trace_io.filter_traces(traces, trace_class=FLAGS.trace_class, split=FLAGS.split)
     if not traces:
       fail(f"no traces left in {FLAGS.network!r} after --trace_class={FLAGS.trace_class} "

@@ -146,8 +146,10 @@ def random_watch_ms(rng: random.Random, num_chunks: int) -> int:
   """A watch duration in [0, N*1000] from a mix that exercises the edge cases."""
   n_ms = num_chunks * 1000
   kind = rng.random()
+  if kind < 0.05:
+    return 0  # swiped as soon as it starts playing
   if kind < 0.25:
-    return rng.randint(0, 400)  # very short: swipes during downloads, several per action
+    return rng.randint(1, 400)  # very short: swipes during downloads, several per action
   if kind < 0.4:
     return n_ms if num_chunks <= 47 else rng.randint(0, 15000)  # full watch
   if kind < 0.5:

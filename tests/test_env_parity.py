@@ -8,7 +8,6 @@ import functools
 import random
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -47,7 +46,8 @@ def test_step_log_parity(fixture, mmgc_catalog):
   sleeps = 0
   for i, row in enumerate(rows):
     assert int(row["step"]) == i
-    vid, level, sleep_ms = int(row["download_video_id"]), int(row["bitrate"]), float(row["sleep_ms"])
+    vid, level = int(row["download_video_id"]), int(row["bitrate"])
+    sleep_ms = float(row["sleep_ms"])
     assert float(state.qoe) == pytest.approx(float(row["qoe_before"]), abs=1e-9), i
     if sleep_ms > 0:
       assert sleep_ms == int(sleep_ms)
@@ -118,9 +118,9 @@ def run_reference(rng, world, catalog, quirks, wall_clock):
   actions, records = [], []
   while not sim.done and len(actions) < MAX_STEPS:
     start = sim.play_video_id
-    vid, level, sleep = random_reference_action(rng, sim)
-    r = sim.step(vid, level, sleep)
-    actions.append((vid - start, level, sleep))
+    vid, level, sleep_ms = random_reference_action(rng, sim)
+    r = sim.step(vid, level, sleep_ms)
+    actions.append((vid - start, level, sleep_ms))
     records.append((r, [(s.buffer_ms, s.play_timeline_ms, s.chunk_counter, s.num_chunks,
                          s.levels[-1] if s.levels else -1, s.preload_size) for s in sim.slots()],
                     sim._ptr, sim._last_t))  # the oracle's cursor, read for parity only
@@ -141,12 +141,13 @@ def test_random_sessions_match_reference(quirks, parity_world, mmgc_catalog):
   rng = random.Random(1234 + quirks)
   levels = int(mmgc_catalog.num_levels)
   seen = {"invalid": 0, "sleep": 0, "swipe_in_download": 0, "multi_swipe": 0, "wraps": 0,
-          "short_trace": 0, "rebuf": 0}
+          "short_trace": 0, "rebuf": 0, "steps": 0, "swiped_in_flight": 0, "full_watch": 0,
+          "zero_watch": 0}
   for wall_clock in (False, True):
     params = env.make_params(mmgc_catalog, parity_world, wall_clock_trace=wall_clock)
     runs = [run_reference(rng, parity_world, mmgc_catalog, quirks, wall_clock)
             for _ in range(SESSIONS_PER_GROUP)]
-    t_max = max(len(r[1]) for r in runs)
+    t_max = MAX_STEPS  # one padded length: one compilation for all groups
     padded = [r[1] + [(0, 0, 500)] * (t_max - len(r[1])) for r in runs]
     actions = actions_array([[padded[n][t] for n in range(len(runs))] for t in range(t_max)])
     out = jax.device_get(replay(stack([r[0] for r in runs]), actions, params))
@@ -154,6 +155,9 @@ def test_random_sessions_match_reference(quirks, parity_world, mmgc_catalog):
       ctx = (quirks, wall_clock, n)
       if int(session.trace_index) >= len(PARITY_TRACES):
         seen["short_trace"] += 1
+      counts = np.asarray(mmgc_catalog.num_chunks)[np.asarray(session.video_ids)]
+      seen["full_watch"] += int(np.any(np.asarray(session.watch_ms) == 1000 * counts))
+      seen["zero_watch"] += int(np.any(np.asarray(session.watch_ms) == 0))
       prev_ptr = int(session.start_row)
       for t, (r, slots, ptr, last_t) in enumerate(records):
         at = (*ctx, t)
@@ -189,9 +193,11 @@ def test_random_sessions_match_reference(quirks, parity_world, mmgc_catalog):
         seen["invalid"] += r.invalid
         seen["sleep"] += (r.video_size == 0 and not r.invalid)
         seen["rebuf"] += r.rebuf_ms > 0
+        seen["steps"] += 1
         prev_play = 0 if t == 0 else records[t - 1][0].play_video_id
         seen["multi_swipe"] += r.play_video_id - prev_play >= 2
         seen["swipe_in_download"] += (r.video_size > 0 and r.play_video_id > prev_play)
+        seen["swiped_in_flight"] += (r.video_size > 0 and prev_play + acts[t][0] < r.play_video_id)
         seen["wraps"] += ptr < prev_ptr
         prev_ptr = ptr
       end = len(records) - 1

@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import MMGC_DEFAULT_WATCH_MS, mmgc_trace, require_shared
+from tests.conftest import MMGC, MMGC_DEFAULT_WATCH_MS, mmgc_trace, require_shared
 from tests.env_helpers import make_session, stack, synthetic_trace
 from gfnfeeds.data.packing import pack_catalog, pack_world
-from gfnfeeds.env.environment import tree_select
 from gfnfeeds.env.feeds import (Action, EnvState, FeedsEnv, Observation, download, sample_watch_ms,
                                 sleep)
 from gfnfeeds.env.preferences import (ARCHETYPES, WEIGHT_HIGH, WEIGHT_LOW, archetype_preferences,
@@ -56,7 +55,6 @@ def world():
   require_shared()
   from gfnfeeds.data.users import mmgc_user_samples
   from gfnfeeds.data.videos import load_mmgc_videos
-  from tests.conftest import MMGC
   # The MMGC default user and 7 of its user samples, watching a quarter as long, so that
   # random-policy rollouts of a few dozen steps cross session ends.
   bank = np.concatenate([[MMGC_DEFAULT_WATCH_MS],
@@ -161,9 +159,9 @@ def test_jit_equals_no_jit(params):
 
 
 def test_step_does_not_retrace(mmgc_videos, mmgc_catalog, world):
-  """The jitted reset and step trace once, across many steps and across different data sets of
-  equal shape (other traces padded to the same length, a permuted catalog, other users and
-  scalar settings), and the new data is really used."""
+  """The jitted step (chex.assert_max_traces(n=1)) traces once, across many steps and across
+  different data sets of equal shape (other traces padded to the same length, a permuted catalog,
+  other users and scalar settings), and the new data is really used."""
   traces_b = [mmgc_trace("mixed/1"), SHORT_TRACE, mmgc_trace("medium/4")]
   world_b = pack_world(traces_b, watch_bank=np.asarray(world.watch_bank)[::-1] // 2 + 1,
                        max_trace_len=world.trace_times.shape[1])
@@ -317,7 +315,7 @@ def tree_equal_jnp(a, b):
   return ok
 
 
-# --- 6. invalid actions ----------------------------------------------------------------------------
+# --- 6. invalid actions --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -369,8 +367,8 @@ def test_invalid_actions_run_as_counted_sleeps(invalid_setup):
     assert tree_equal(one[1].replace(last_invalid=ref[1].last_invalid,
                                      invalid_actions=ref[1].invalid_actions), ref[1]), n
     assert tree_equal(one[2:5], ref[2:5]), n
-  info = {"video_bytes": np.asarray([i["video_bytes"] for i in infos])}
-  assert np.all(np.asarray(info["video_bytes"])[len(invalid):len(invalid) + 2] > 0)
+  downloaded = np.asarray([i["video_bytes"] for i in infos])[len(invalid):]
+  assert np.array_equal(downloaded > 0, [True, True, False, False, True])  # valid downloads ran
 
 
 def test_action_mask_marks_exactly_valid_downloads(invalid_setup):
@@ -378,13 +376,13 @@ def test_action_mask_marks_exactly_valid_downloads(invalid_setup):
   or yields NaN; a step is invalid exactly when the pre-step mask (or a negative sleep) says so,
   and then it sleeps params.invalid_sleep_ms and downloads nothing; the counts add up; and from
   visited states (ended ones too) discrete action i is executed (not invalid) iff action_mask[i]."""
-  env, params, _, _ = invalid_setup
+  env, params, obs_done, state_done = invalid_setup
   levels = params.catalog.num_levels
   rng = np.random.default_rng(2)
   obs, state = env.reset_to_session(
       make_session(0, (1500, 300, 3000, 0, 2000, 1200, 700), (6, 5, 0, 1, 2, 3, 4), start_row=50),
       params)
-  visited, invalid_steps = [], 0
+  visited, invalid_steps = [(obs_done, state_done)], 0  # starts with a complete playing video
   for t in range(150):
     slot = 0 if rng.random() < 0.4 else int(rng.integers(-2, env.window + 2))
     level = int(rng.integers(-1, levels + 1))
@@ -487,14 +485,19 @@ def test_observation_has_no_hidden_fields(params, mmgc_catalog, world):
       session=state.session.replace(trace_index=jnp.asarray(2, jnp.int32),
                                     start_row=jnp.asarray(77, jnp.int32),
                                     watch_ms=state.session.watch_ms * 3 + 11),
-      ptr=jnp.asarray(3, jnp.int32), last_t=jnp.asarray(0.123), pending_waste=state.pending_waste + 5,
+      ptr=jnp.asarray(3, jnp.int32), last_t=jnp.asarray(0.123),
+      pending_waste=state.pending_waste + 5,
       last_watched_level=jnp.full_like(state.last_watched_level, 2), wasted_bytes=jnp.asarray(9.0))
   get_obs = jax.jit(ENV.get_obs)
   assert tree_equal(get_obs(state, params), obs)
   assert tree_equal(get_obs(scrambled, params.replace(world=other_world)), obs)
+  for shift in (1, 2, 5):  # the hidden cursor and watch times, moved a few different ways
+    moved = state.replace(ptr=state.ptr + shift, last_t=state.last_t + 0.1 * shift,
+                          session=state.session.replace(watch_ms=state.session.watch_ms + shift))
+    assert tree_equal(get_obs(moved, params), obs), shift
 
 
-# --- 8. samplers ------------------------------------------------------------------------------------
+# --- 8. samplers ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("video", [0, 5, 6])
@@ -537,3 +540,24 @@ def test_preference_sampler_bounds_and_archetypes():
   fixed = np.asarray(jax.jit(jax.vmap(fixed_preferences().sample))(
       jax.random.split(jax.random.key(1), 5)))
   assert np.all(fixed == np.asarray([1.0, 1.85, 1.0, 0.5]))
+
+
+def test_float_sleeps_below_one_ms_or_nan_are_invalid(mmgc_catalog):
+  """Float sleep_ms in (0, 1) or NaN is invalid (not a download); 2.7 ms truncates to 2 ms."""
+  import jax.numpy as jnp
+  from gfnfeeds.data.packing import pack_world
+  from gfnfeeds.env.feeds import Action, FeedsEnv, Session
+  from tests.conftest import MMGC_DEFAULT_WATCH_MS, mmgc_trace
+  env = FeedsEnv()
+  params = env.make_params(mmgc_catalog, pack_world([mmgc_trace("high/0")]))
+  session = Session(trace_index=jnp.int32(0), start_row=jnp.int32(1),
+                    video_ids=jnp.arange(7, dtype=jnp.int32),
+                    watch_ms=jnp.asarray(MMGC_DEFAULT_WATCH_MS, jnp.int32),
+                    weights=jnp.asarray([1.0, 1.85, 1.0, 0.5]))
+  _, state = env.reset_to_session(session, params)
+  step = jax.jit(env.step_env)
+  for value, invalid, delay in [(0.5, True, 500), (float("nan"), True, 500), (2.7, False, 2)]:
+    action = Action(slot=jnp.int32(0), level=jnp.int32(0), sleep_ms=jnp.float64(value))
+    _, _, _, _, _, info = step(jax.random.PRNGKey(0), state, action, params)
+    assert bool(info["invalid_action"]) == invalid
+    assert int(info["delay_ms"]) == delay and float(info["video_bytes"]) == 0.0

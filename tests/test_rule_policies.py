@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnfeeds.data.packing import Catalog, pack_catalog, pack_world
+from gfnfeeds.data.packing import pack_catalog, pack_world
 from gfnfeeds.data.types import NetworkTrace, Video
 from gfnfeeds.env.environment import tree_select
 from gfnfeeds.env.feeds import FeedsEnv, Session, session_metrics

@@ -38,11 +38,14 @@ def default_network(trace_class: str = "all", data_dir: Path = DEFAULT_DATA_DIR
   return out
 
 
-def load_network_arg(spec: str) -> tuple[list[NetworkTrace], list[str]]:
+def load_network_arg(spec: str, errors: str = "raise"
+                     ) -> tuple[list[NetworkTrace], list[str]]:
   """Traces named by a `--network` value; returns (traces, the roots they came from).
 
   Each trace's name is its path relative to its root (e.g. '0' for
   .../mmgc2022/network/high/0); identical file contents are kept once.
+  errors='skip' leaves out files that fail validation (some real FCC files
+  hold zero-bandwidth rows) instead of failing on the first.
   """
   spec = spec.strip()
   if spec == "default" or spec.startswith("default:"):
@@ -51,7 +54,7 @@ def load_network_arg(spec: str) -> tuple[list[NetworkTrace], list[str]]:
   roots = [p.strip() for p in spec.split(",") if p.strip()]
   if not roots:
     raise ValueError("--network is empty")
-  return trace_io.load_network_traces(roots), roots
+  return trace_io.load_network_traces(roots, errors=errors), roots
 
 
 def load_videos_arg(spec: str) -> tuple[list[Video], tuple[float, ...]]:

@@ -31,6 +31,7 @@ from flax import struct
 from gfnfeeds.data.packing import Catalog, World
 from gfnfeeds.env import environment
 from gfnfeeds.env.preferences import PreferenceSampler, fixed_preferences
+from gfnfeeds.numerics import exact_div
 
 CHUNK_MS = 1000  # every chunk holds one second of video
 
@@ -215,7 +216,9 @@ def transmit(world: World, trace_index, ptr, last_t, size_bytes, payload_portion
     slot = t_row - last_t
     payload = throughput * slot * payload_portion
     finish = sent + payload > size_bytes
-    fraction = (size_bytes - sent) / throughput / payload_portion
+    # exact_div: XLA would otherwise multiply by a reciprocal under vmap and
+    # lose the last bit that the ms rounding can depend on.
+    fraction = exact_div(exact_div(size_bytes - sent, throughput), payload_portion)
     ptr_next, last_t_next = _wrap_cursor(ptr + 1, n, t0, t_row)
     return (jnp.where(finish, ptr, ptr_next),
             jnp.where(finish, last_t + fraction, last_t_next),
@@ -426,7 +429,14 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
 
     # 1. Validity. An invalid action is executed as a plain sleep.
     slot, level = jnp.asarray(action.slot, jnp.int32), jnp.asarray(action.level, jnp.int32)
-    sleep_ms = jnp.asarray(action.sleep_ms, jnp.int32)
+    sleep_raw = jnp.asarray(action.sleep_ms)
+    if jnp.issubdtype(sleep_raw.dtype, jnp.floating):
+      # The reference truncates sleeps to whole ms; 0 < s < 1 (its 0 ms no-op) and
+      # NaN are invalid here rather than silently becoming a download.
+      bad_float = jnp.isnan(sleep_raw) | ((sleep_raw > 0) & (sleep_raw < 1))
+      sleep_ms = jnp.where(bad_float, -1, jnp.trunc(jnp.nan_to_num(sleep_raw))).astype(jnp.int32)
+    else:
+      sleep_ms = sleep_raw.astype(jnp.int32)
     vid = state.play_id + slot
     vid_c = jnp.clip(vid, 0, self.num_videos - 1)
     c = state.chunk_counter[vid_c]
@@ -549,7 +559,8 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
         "megabits": megabits, "quality_kbps": quality_kbps, "smooth_kbps": smooth_kbps,
         "delay_ms": duration_ms, "rebuf_ms": rebuf_ms, "video_bytes": size,
         "wasted_bytes": waste, "end_of_video": end_of_video, "play_video_id": play_id,
-        "invalid_action": invalid, "metrics": session_metrics(new_state, params),
+        "invalid_action": invalid,
+        "metrics": session_metrics(new_state, params, self.window),
     }
     return self.get_obs(new_state, params), new_state, reward, terminated, truncated, info
 
@@ -610,15 +621,21 @@ def sample_watch_ms(key: jax.Array, catalog: Catalog, video_ids: jnp.ndarray) ->
   return watch_from_uniforms(catalog, video_ids, u[0], u[1], u[2])
 
 
-def session_metrics(state: EnvState, params: EnvParams) -> dict:
-  """Per-session metrics of SYSTEM.md section 5 from a (final) state."""
+def session_metrics(state: EnvState, params: EnvParams, window: int = 5) -> dict:
+  """Per-session metrics of SYSTEM.md section 5 from a (final) state.
+
+  `window` is the environment's queue window: the download/watch ratio divides
+  by the watch time of the videos that have entered the queue (all of them once
+  the session has ended), as MMGC's total_watched_len.
+  """
   s, catalog = state.session, params.catalog
   alpha, theta = s.weights[0], s.weights[3]
   n_chunks = catalog.num_chunks[s.video_ids]
   watched_chunks = jnp.sum(jnp.minimum(s.watch_ms // CHUNK_MS + 1, n_chunks))
   ideal = alpha * catalog.bitrates_kbps[-1] / 1000.0 * watched_chunks
   bytes_ = state.bytes_downloaded
-  watched_ms = jnp.sum(s.watch_ms)  # every video has entered the queue by the session end
+  entered = jnp.arange(s.watch_ms.shape[-1]) < state.play_id + window
+  watched_ms = jnp.sum(jnp.where(entered, s.watch_ms, 0))
   return {
       "score": state.qoe - theta * state.megabits,
       "qoe": state.qoe,

@@ -101,7 +101,7 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
 
     t, _, _, state, _, done = jax.lax.while_loop(
         cond, body, (jnp.zeros((), jnp.int32), keys, obs, state, pstate, done))
-    metrics = jax.vmap(session_metrics, in_axes=(0, None))(state, params)
+    metrics = jax.vmap(session_metrics, in_axes=(0, None, None))(state, params, env.window)
     metrics["completed"] = state.play_id >= env.num_videos
     return metrics, t
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from gfnfeeds.env.environment import tree_select
-from gfnfeeds.policies.numerics import exact_div
+from gfnfeeds.numerics import exact_div
 
 WINDOW = 5  # samples and errors kept (RobustMPC and MMGC use 5)
 

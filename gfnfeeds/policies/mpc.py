@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gfnfeeds.policies.numerics import exact_div
+from gfnfeeds.numerics import exact_div
 
 CHUNK_MS = 1000.0
 DEFAULT_HORIZON = 5
@@ -110,7 +110,7 @@ def chunk_sizes_ahead(catalog, video, first_chunk, horizon: int = DEFAULT_HORIZO
 
 def download_ms_table(sizes_bytes, bandwidth_mbs):
   """Predicted download time (ms) [H, L] of each position and level: 1000 (bytes / 1e6) / C."""
-  return 1000.0 * exact_div(sizes_bytes, 1e6) / bandwidth_mbs
+  return exact_div(1000.0 * exact_div(sizes_bytes, 1e6), bandwidth_mbs)
 
 
 def rollout(sizes_bytes, bitrates_kbps, buffer_ms, bandwidth_mbs, num_left, prev_level,
@@ -146,8 +146,8 @@ def rollout(sizes_bytes, bitrates_kbps, buffer_ms, bandwidth_mbs, num_left, prev
   valid = jnp.all(jnp.logical_or(active[None, :], table == 0), axis=1)
   kbps = bitrates_kbps[table]  # [S, H]
   sizes = sizes_bytes[position[None, :], table]  # [S, H]: size of level seq[k] at position k
-  # Elementwise the same expression as the reference, so gathering from the
-  # [H, L] table gives the very values a per-sequence computation would.
+  # The reference's expression elementwise (exact divisions), so gathering
+  # from the [H, L] table gives the very values a per-sequence loop would.
   download_ms_all = download_ms_table(sizes_bytes, bandwidth_mbs)[position[None, :], table]
   wq = jnp.ones((h,), jnp.float64) if quality_weights is None else quality_weights
   ws = jnp.ones((h,), jnp.float64) if smooth_weights is None else smooth_weights

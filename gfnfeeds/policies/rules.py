@@ -28,7 +28,7 @@ from gfnfeeds.env.preferences import MMGC_WEIGHTS
 from gfnfeeds.policies import estimators as est
 from gfnfeeds.policies import mpc
 from gfnfeeds.policies.base import Policy
-from gfnfeeds.policies.numerics import exact_div
+from gfnfeeds.numerics import exact_div
 
 LATER_STALL_MODELS = ("own", "window")  # Pdas: stall model of positions k >= 1
 STARTER_SLEEP_MS = 500  # No-Save and Fixed-Preload sleep 500 ms when nothing is left
@@ -51,7 +51,7 @@ def slot_videos(obs) -> jnp.ndarray:
 
 
 def retention_at(obs, catalog, chunk) -> jnp.ndarray:
-  """r(chunk) per slot [W] (chunk broadcastable to [W] or [W, K]); 0 at or past the video's end.
+  """r(chunk) of each slot's video, for chunk indices of shape [W, ...]; 0 at or past the end.
 
   r(m) is the share of users who reach second m, i.e. who play chunk m (the
   chunk is credited iff the watch time w >= 1000 m). Past the last chunk no
@@ -81,6 +81,7 @@ def conditional_retention(obs, catalog, chunk, position) -> jnp.ndarray:
 
 
 def choose(pred, on_true: Action, on_false: Action) -> Action:
+  """on_true where pred else on_false, field by field (no Python branching on traced values)."""
   return tree_select(pred, on_true, on_false)
 
 
