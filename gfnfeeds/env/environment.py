@@ -55,11 +55,19 @@ class Environment(Generic[State, Params]):
     obs_reset, state_reset = self.reset_env(key_reset, params)
     done = jnp.logical_or(terminated, truncated)
     info = dict(info, final_observation=obs)
-    # Selecting both observations measured faster on CPU than observing the
-    # selected state once (BUILD_NOTES.md, environment speed).
     state_out = tree_select(done, state_reset, state_next)
-    obs_out = tree_select(done, obs_reset, obs)
+    if type(self).get_obs is not Environment.get_obs:
+      # Observe the selected state once: the terminal and reset observations are
+      # then dead code under jit unless info["final_observation"] is read
+      # (22% less CPU per step for FeedsEnv, BUILD_NOTES.md).
+      obs_out = self.get_obs(state_out, params)
+    else:
+      obs_out = tree_select(done, obs_reset, obs)
     return obs_out, state_out, reward, terminated, truncated, info
+
+  def get_obs(self, state: State, params: Params) -> Obs:
+    """Optional hook: the observation of a state (lets `step` observe only once)."""
+    raise NotImplementedError
 
   def reset_env(self, key: jax.Array, params: Params) -> tuple[Obs, State]:
     raise NotImplementedError

@@ -30,7 +30,7 @@ from gfnfeeds.policies import mpc
 from gfnfeeds.policies.base import Policy
 from gfnfeeds.numerics import exact_div
 
-LATER_STALL_MODELS = ("own", "window")  # Pdas: stall model of positions k >= 1
+STALL_MODELS = ("reach", "window", "first")  # Pdas.stall_model, see Pdas
 STARTER_SLEEP_MS = 500  # No-Save and Fixed-Preload sleep 500 ms when nothing is left
 
 
@@ -336,11 +336,12 @@ class Pdas(Policy):
   sleep_ms: int = 50
   weights: tuple[float, float, float, float] = MMGC_WEIGHTS
   personalized: bool = False
-  later_stall: str = "own"
+  stall_model: str = "reach"
+  safety: bool = True
 
   def __post_init__(self):
-    if self.later_stall not in LATER_STALL_MODELS:
-      raise ValueError(f"later_stall must be one of {LATER_STALL_MODELS}, got {self.later_stall!r}")
+    if self.stall_model not in STALL_MODELS:
+      raise ValueError(f"stall_model must be one of {STALL_MODELS}, got {self.stall_model!r}")
 
   def init(self, obs, catalog):
     del obs, catalog
@@ -363,10 +364,28 @@ class Pdas(Policy):
     b_th = self.epsilon * jnp.exp(-self.lambda1 * bandwidth - self.lambda2 * jnp.arange(w))
     return jnp.maximum(p_next * t_max, b_th)
 
+  def unsafe(self, obs, catalog, bandwidth):
+    """bool [W]: queued slots barred by the safety rule (all False unless `safety`).
+
+    While the playing video has chunks left, a queued slot is barred when the
+    playing buffer (s) is below the predicted time to download that slot's
+    next chunk at the lowest level: any download of it would stall the
+    playing video (eq. 13 with P_{ic,ic} = 1).
+    """
+    w = obs.slot_valid.shape[0]
+    if not self.safety:
+      return jnp.zeros((w,), bool)
+    video = slot_videos(obs)
+    low = catalog.chunk_sizes[video, jnp.clip(obs.chunks_downloaded, 0, catalog.max_chunks - 1), 0]
+    t_min = low / 1e6 / bandwidth
+    head_busy = slots_with_chunks(obs)[0]
+    return (jnp.arange(w) >= 1) & head_busy & (obs.buffer_ms[0] / 1000.0 < t_min)
+
   def candidates(self, obs, catalog, bandwidth):
-    """bool [W]: slots allowed to download now (chunks left, buffer under b_max)."""
-    return slots_with_chunks(obs) & (obs.buffer_ms / 1000.0 <= self.max_buffer_s(
-        obs, catalog, bandwidth))
+    """bool [W]: slots allowed to download now (chunks left, buffer under b_max, safe)."""
+    return (slots_with_chunks(obs)
+            & (obs.buffer_ms / 1000.0 <= self.max_buffer_s(obs, catalog, bandwidth))
+            & ~self.unsafe(obs, catalog, bandwidth))
 
   def stall_weights(self, obs, catalog, download_s):
     """Eq. (13)'s P_{ic,j} stay_j per slot for download times `download_s`: [W, *download_s.shape].
@@ -416,6 +435,41 @@ class Pdas(Policy):
       buf = jnp.where(is_target & active[i], buf + 1.0, buf)
     return total
 
+  def reach_stall_s(self, obs, catalog, download_s_table, sequences, active, slot):
+    """Eq. (13) at every position, stay read at the first missing chunk: [S] seconds.
+
+    The user stalls on window video j iff still on j when its buffer runs
+    out, i.e. on reaching its first missing chunk m_j; the probability is
+    eq. (4)'s p_j(m_j | z_j), the very p of the max-buffer rule. During the
+    candidate's roll-out m_j is fixed for every slot but the candidate, whose
+    m grows by one per position. Position k adds
+    sum_j P_j stay_j max(T_k - b_j, 0), P_0 = 1, P_j = prod_{l<j} (1 - stay_l);
+    between positions the playing video's buffer drains by T_k (clamped at 0)
+    and the candidate's buffer gains the 1-s chunk. For the playing video as
+    candidate the j = 0 term is RobustMPC's own-buffer stall, weighted by
+    the chance that the user is still there.
+    """
+    w = obs.slot_valid.shape[0]
+    n_seq, h = sequences.shape
+    is_target = jnp.arange(w) == slot
+    chunk = (obs.chunks_downloaded[:, None]
+             + jnp.where(is_target[:, None], jnp.arange(h)[None, :], 0))  # [W, H]
+    z = jnp.broadcast_to((obs.play_ms // 1000)[:, None], (w, h))
+    stay = jnp.where(obs.slot_valid[:, None], conditional_retention(obs, catalog, chunk, z), 0.0)
+    leave = jnp.cumprod(1.0 - stay, axis=0)
+    reach = jnp.concatenate([jnp.ones_like(leave[:1]), leave[:-1]], axis=0)
+    weight = jnp.where(obs.slot_valid[:, None], reach * stay, 0.0)  # [W, H]
+    buf = jnp.broadcast_to((obs.buffer_ms / 1000.0)[:, None], (w, n_seq))
+    is_target = is_target[:, None]
+    is_head = (jnp.arange(w) == 0)[:, None]
+    total = jnp.zeros((n_seq,), jnp.float64)
+    for i in range(h):  # unrolled over the horizon
+      t = jnp.where(active[i], download_s_table[i, sequences[:, i]], 0.0)[None, :]
+      total = total + jnp.sum(weight[:, i:i + 1] * jnp.maximum(t - buf, 0.0), axis=0)
+      buf = jnp.where(is_head & active[i], jnp.maximum(buf - t, 0.0), buf)
+      buf = jnp.where(is_target & active[i], buf + 1.0, buf)
+    return total
+
   def candidate_utility(self, obs, catalog, bandwidth, slot, weights):
     """(best first level, U) of window slot `slot` (meaningful where it is a candidate)."""
     video = slot_videos(obs)[slot]
@@ -431,14 +485,17 @@ class Pdas(Policy):
     terms = mpc.rollout(sizes, catalog.bitrates_kbps, obs.buffer_ms[slot], bandwidth,
                         obs.num_chunks[slot] - c, prev, quality_weights=pk, smooth_weights=pk)
     download_s = mpc.download_ms_table(sizes, bandwidth) / 1000.0  # [H, L]
-    if self.later_stall == "own":
+    active = jnp.arange(self.horizon) < terms.horizon
+    if self.stall_model == "first":
       # Gamma depends on the first level only: L evaluations, then a gather.
       first = self.expected_stall_s(obs, catalog, download_s[0])[terms.sequences[:, 0]]
       stall_ms = first * 1000.0 + jnp.sum(terms.stall_ms_k[:, 1:], axis=1)
-    else:
-      active = jnp.arange(self.horizon) < terms.horizon
+    elif self.stall_model == "window":
       stall_ms = 1000.0 * self.window_stall_s(obs, catalog, download_s, terms.sequences, active,
                                               slot)
+    else:
+      stall_ms = 1000.0 * self.reach_stall_s(obs, catalog, download_s, terms.sequences, active,
+                                             slot)
     alpha, beta, gamma, theta = weights[0], weights[1], weights[2], weights[3]
     objective = mpc.weighted_objective(terms, alpha, beta, gamma, theta, stall_ms=stall_ms)
     return mpc.first_level(terms, objective)
