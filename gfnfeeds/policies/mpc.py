@@ -17,7 +17,7 @@ The roll-out returns the objective *terms* per sequence (`MpcTerms`) rather
 than one objective, so each caller weights them: No-Save uses
 q - 4.3 stall - smooth; MPC + Fixed-Preload the eq. (1) utility
 q - 1.85 stall - smooth - 0.5 Mb; PDAS retention-weighted quality and
-smoothness and a cross-video stall for the first chunk.
+smoothness and its own cross-video (eq. 13) stall per position.
 
 Exactness. The sums run position by position (an unrolled loop over H), in
 the reference's units (kbps, ms, bytes) and operation order, so with weights
@@ -191,7 +191,7 @@ def weighted_objective(terms: MpcTerms, alpha, beta, gamma, theta, stall_ms=None
 
   Written in the reference's operation order (x / 1000 per term), so weights
   (1, 4.3, 1, 0) reproduce No-Save's reward exactly. `stall_ms` replaces the
-  own-buffer stall (PDAS substitutes its cross-video first-chunk stall).
+  own-buffer stall (PDAS substitutes its cross-video eq. (13) stall).
   """
   stall = terms.stall_ms if stall_ms is None else stall_ms
   return (exact_div(alpha * terms.quality_kbps, 1000.0) - exact_div(beta * stall, 1000.0)

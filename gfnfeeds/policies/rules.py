@@ -281,27 +281,31 @@ class Pdas(Policy):
      T_max = size(m, top level) / 1e6 / C and
      b_th = eps exp(-lambda1 C - lambda2 i), eps 3.5, lambda1 0.3, lambda2 0.15.
      Candidate iff it has chunks left and buffer_s <= b_max.
-  3. If no candidate: sleep 50 ms.
+  3. Safety (`safety`, a reading of eq. 13 with P_{ic,ic} = 1): while the
+     playing video has chunks left, a queued slot is no candidate when the
+     playing buffer is below the predicted time to download the slot's next
+     chunk at the lowest level. If no candidate: sleep 50 ms.
   4. Each candidate: exhaustive RobustMPC over its next K = min(5, left)
-     chunks (all 3^K sequences, its own buffer rolled forward from b_i):
-       U = sum_k [alpha p_k q_k - gamma p_k |q_k - q_{k-1}|]
-           - beta (Gamma(r_0) + sum_{k>=1} own stall_k) - theta Mb,
-     p_k = p_i(m + k), q in Mbps, stalls in s, (alpha, beta, gamma, theta) =
-     (1, 1.85, 1, 0.5). Gamma(r_0) is the cross-video expected stall of
-     eq. (13) for the first chunk: with T = its predicted download time (s)
-     and k = ceil(T / 1 s), for every window slot j (z_j as above)
-       stay_j = p_j(z_j + k), Gamma_j = stay_j max(T - b_j, 0),
-       P_0 = 1, P_j = prod_{l<j} (1 - stay_l), Gamma = sum_j P_j Gamma_j.
+     chunks (all 3^K sequences):
+       U = sum_k [alpha p_k q_k - gamma p_k |q_k - q_{k-1}| - beta Gamma_k] - theta Mb,
+     p_k = p_i(m + k), q in Mbps, Gamma_k in s, (alpha, beta, gamma, theta) =
+     (1, 1.85, 1, 0.5). Gamma_k is the cross-video expected stall of eq. (13)
+     for downloading position k (`stall_model`):
+       * "reach" (default, `reach_stall_s`): at every position, with the
+         window's buffers rolled forward: the playing video's drains by the
+         download time T_k of every position, whichever video is downloaded,
+         and the candidate's gains 1 s. stay_j = p_j(m_j | z_j) at j's first
+         missing chunk m_j (the user stalls on j iff still there when its
+         buffer runs out), P_0 = 1, P_j = prod_{l<j} (1 - stay_l),
+         Gamma_k = sum_j P_j stay_j max(T_k - b_j, 0);
+       * "window": the same roll-out with the paper's literal
+         stay_j = p_j(z_j + ceil(T_k) | z_j) (`window_stall_s`);
+       * "first": the paper's Gamma for position 0 only and the candidate's
+         own-buffer stall for later positions (BASELINES.md's recommended
+         form; it rolls a queued video's buffer down as if it were playing
+         and lets the playing video starve on low bandwidth).
      The candidate keeps its best first level (ties: last maximal sequence).
   5. Download the candidate with the largest U (ties: the lower slot).
-
-  later_stall="window" (an option, not the default) replaces the own-buffer
-  stall of positions k >= 1 by eq. (13) applied at every position, with the
-  playing video's buffer draining and the candidate's filling between
-  positions (`window_stall_s`). The own-buffer form rolls a queued video's
-  buffer down as if it were playing, which makes a queued video with a
-  larger buffer look safer than the stalled playing video; see
-  notes_policies.md for the measured effect.
 
   Interpretations of what the paper leaves open (also in notes_policies.md):
     * C is in MB/s (the MMGC sample unit), b_th and b_max in seconds; T_max
@@ -311,12 +315,12 @@ class Pdas(Policy):
     * previous level for the smoothness of the first position: the
       candidate's last downloaded level; for its chunk 0, the newest level of
       the video in the slot before it; none for slot 0 at chunk 0;
-    * stall and bandwidth terms are not retention-weighted (eq. 1 charges
-      every byte; eq. 13 carries its own probabilities);
+    * stall and bandwidth terms are not weighted by p_k (eq. 1 charges every
+      byte; eq. 13 carries its own probabilities);
     * bandwidth: one error and one estimate per new sample (clean RobustMPC);
     * first decision (no sample yet): video 0 at level 0;
-    * the max-buffer rule does not depend on the weights (PdasPersonalized
-      changes only the objective).
+    * the max-buffer and safety rules do not depend on the weights
+      (PdasPersonalized changes only the objective).
 
   Attributes:
     horizon: K, the static MPC horizon.
@@ -324,7 +328,8 @@ class Pdas(Policy):
     sleep_ms: tau, the sleep when no video qualifies.
     weights: (alpha, beta, gamma, theta) of U.
     personalized: use obs.weights instead of `weights` (PdasPersonalized).
-    later_stall: "own" (default) or "window", see above.
+    stall_model: "reach" (default), "window" or "first", see above.
+    safety: apply the safety rule of step 3.
 
   policy_state: estimators.EstimatorState.
   """
