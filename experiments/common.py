@@ -1,0 +1,93 @@
+"""Flags and setup shared by the evaluation programs (evaluate, compare)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import flags
+
+from gfnfeeds import evaluation
+from gfnfeeds.data import traces as trace_io
+from gfnfeeds.data.datasets import load_network_arg, load_videos_arg
+from gfnfeeds.data.packing import pack_catalog, pack_world
+from gfnfeeds.data.types import DataError
+from gfnfeeds.env.feeds import EnvParams, FeedsEnv
+from gfnfeeds.env.preferences import archetype_preferences, fixed_preferences
+
+FLAGS = flags.FLAGS
+
+
+def define_session_flags() -> None:
+  """The flags that define the evaluated sessions (identical across programs)."""
+  flags.DEFINE_string("network", "default",
+                      "comma-separated trace directories/files, or default[:low|medium|high]")
+  flags.DEFINE_string("videos", "default",
+                      "MMGC catalog dir (video_size/, user_ret/), .npz, or default")
+  flags.DEFINE_string("users", "mmgc_default", "mmgc_default | mmgc_samples:N | sampled:N")
+  flags.DEFINE_enum("preferences", "mmgc", ["mmgc", "sampled"],
+                    "user weights (alpha, beta, gamma, theta)")
+  flags.DEFINE_enum("trace_class", "all", ["all", "low", "medium", "high"],
+                    "filter traces by class")
+  flags.DEFINE_enum("split", "all", ["all", "train", "test"], "filter traces by the 80/20 split")
+  flags.DEFINE_bool("skip_invalid_traces", False,
+                    "leave out trace files that fail validation instead of stopping")
+  flags.DEFINE_bool("reference_quirks", False, "reproduce MMGC quirks 2 and 4 (SIMULATOR.md 9)")
+  flags.DEFINE_bool("random_offset", False, "start each session at a seeded random trace row")
+  flags.DEFINE_integer("sessions", None, "number of sessions (cycles the trace x user pairs)")
+  flags.DEFINE_integer("seed", 0, "seed of sessions and stochastic policies")
+  flags.DEFINE_integer("batch_size", 4096, "sessions per device dispatch")
+  flags.DEFINE_integer("max_steps", 4096, "decision limit per session")
+  flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def fail(program: str, message: str) -> None:
+  print(f"{program}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+@dataclasses.dataclass
+class Setup:
+  env: FeedsEnv
+  params: EnvParams
+  table: evaluation.SessionTable
+  num_traces: int
+  num_videos: int
+
+
+def build_setup(program: str) -> Setup:
+  """Loads data and builds the sessions from the flags; exits with a clear message on bad input."""
+  try:
+    evaluation.parse_users(FLAGS.users)
+    traces, _ = load_network_arg(FLAGS.network,
+                                 "skip" if FLAGS.skip_invalid_traces else "raise")
+    traces = trace_io.filter_traces(traces, trace_class=FLAGS.trace_class, split=FLAGS.split)
+    if not traces:
+      fail(program, f"no traces left in {FLAGS.network!r} after --trace_class="
+           f"{FLAGS.trace_class} --split={FLAGS.split}")
+    videos, ladder = load_videos_arg(FLAGS.videos)
+  except (DataError, ValueError, OSError) as e:
+    fail(program, str(e))
+  env = FeedsEnv(reference_quirks=FLAGS.reference_quirks, max_steps=FLAGS.max_steps)
+  catalog = pack_catalog(videos, ladder)
+  prefs = archetype_preferences() if FLAGS.preferences == "sampled" else fixed_preferences()
+  params = env.make_params(catalog, pack_world(traces), prefs)
+  table = evaluation.build_sessions(
+      env, videos, catalog, [t.name for t in traces], [len(t) for t in traces], FLAGS.users,
+      FLAGS.preferences, prefs, FLAGS.seed, FLAGS.sessions, FLAGS.random_offset)
+  return Setup(env=env, params=params, table=table, num_traces=len(traces),
+               num_videos=len(videos))
+
+
+def run_policy(setup: Setup, policy) -> dict:
+  """Runs one policy over the setup's sessions, with a progress bar on long runs."""
+  bar = None
+  if FLAGS.progress and len(setup.table) > FLAGS.batch_size:
+    from tqdm import tqdm
+    bar = tqdm(total=len(setup.table), unit="session", file=sys.stderr)
+  metrics = evaluation.run_sessions(setup.env, policy, setup.params, setup.table, FLAGS.seed,
+                                    FLAGS.batch_size, FLAGS.max_steps,
+                                    progress=bar.update if bar else None)
+  if bar:
+    bar.close()
+  return metrics

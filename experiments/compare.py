@@ -1,0 +1,84 @@
+r"""Runs several controllers on exactly the same sessions and tabulates them.
+
+    python -m experiments.compare --policies=no_save,fixed_preload,mpc_fixed_preload,pdas,pdas_w \
+        --network=../shared/traces/network/oboe,../shared/traces/network/fcc \
+        --skip_invalid_traces --split=test --trace_class=low \
+        --videos=../shared/traces/mmgc2022 --users=sampled:8 --preferences=sampled \
+        --reference=pdas --json=/tmp/table.json
+
+Prints a markdown table of means with 95% CIs per policy, and for each policy
+the mean per-session difference in score_w against --reference with its 95% CI
+(sessions pair one to one because every policy sees the same sessions).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS",
+                      f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+import gfnfeeds  # noqa: E402,F401
+from experiments import common  # noqa: E402
+from gfnfeeds import evaluation  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("policies", ["no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w"],
+                  "controllers to compare")
+flags.DEFINE_string("reference", None, "policy the paired score differences are taken against")
+flags.DEFINE_list("columns", ["score", "normalized_qoe", "qoe", "rebuffer_s", "bandwidth_mb",
+                              "wastage_pct"], "metrics in the table")
+flags.DEFINE_string("json", None, "write all summaries here")
+common.define_session_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    common.fail("compare", f"unexpected arguments {argv[1:]}")
+  from gfnfeeds.policies.registry import make_policy
+  if FLAGS.reference and FLAGS.reference not in FLAGS.policies:
+    common.fail("compare", f"--reference={FLAGS.reference} is not in --policies")
+  setup = common.build_setup("compare")
+  try:
+    policies = {name: make_policy(name, setup.env) for name in FLAGS.policies}
+  except ValueError as e:
+    common.fail("compare", str(e))
+  print(f"network={FLAGS.network} class={FLAGS.trace_class} split={FLAGS.split} "
+        f"traces={setup.num_traces} users={FLAGS.users} preferences={FLAGS.preferences} "
+        f"sessions={len(setup.table)}", flush=True)
+  results, seconds = {}, {}
+  for name, policy in policies.items():
+    t0 = time.perf_counter()
+    results[name] = common.run_policy(setup, policy)
+    seconds[name] = time.perf_counter() - t0
+    print(f"  {name}: {seconds[name]:.1f}s", flush=True)
+  summaries = {n: evaluation.summarize(m, FLAGS.columns) for n, m in results.items()}
+  diffs = {}
+  if FLAGS.reference:
+    ref = results[FLAGS.reference]["score"]
+    diffs = {n: evaluation.mean_ci(m["score"] - ref) for n, m in results.items()}
+  header = ["policy"] + list(FLAGS.columns) + ([f"Δscore vs {FLAGS.reference}"] if diffs else [])
+  print("\n| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for n in results:
+    cells = [n] + [f"{summaries[n][c][0]:.3f} ± {summaries[n][c][1]:.3f}" for c in FLAGS.columns]
+    if diffs:
+      cells.append(f"{diffs[n][0]:+.3f} ± {diffs[n][1]:.3f}")
+    print("| " + " | ".join(cells) + " |")
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump({"flags": {k: getattr(FLAGS, k) for k in (
+          "network", "videos", "users", "preferences", "trace_class", "split", "seed",
+          "reference_quirks", "sessions")},
+                 "sessions": len(setup.table), "summaries": summaries,
+                 "score_difference_vs_reference": diffs, "seconds": seconds}, f, indent=2)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  app.run(main)
