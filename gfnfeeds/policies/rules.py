@@ -85,6 +85,22 @@ def choose(pred, on_true: Action, on_false: Action) -> Action:
   return tree_select(pred, on_true, on_false)
 
 
+def slot_mpc_level(obs, catalog, slot, bandwidth, horizon: int, weights, prev_level,
+                   carry_prev: bool = False) -> jnp.ndarray:
+  """First level of the best RobustMPC sequence over `slot`'s next chunks.
+
+  weights = (quality, stall, smoothness, megabit) weights of the objective;
+  prev_level = the level smoothness starts from (-1: no term on position 0).
+  """
+  video = slot_videos(obs)[slot]
+  c = obs.chunks_downloaded[slot]
+  terms = mpc.rollout(mpc.chunk_sizes_ahead(catalog, video, c, horizon), catalog.bitrates_kbps,
+                      obs.buffer_ms[slot], bandwidth, obs.num_chunks[slot] - c, prev_level,
+                      carry_prev=carry_prev)
+  level, _ = mpc.first_level(terms, mpc.weighted_objective(terms, *weights))
+  return level
+
+
 def fixed_preload_target(obs, catalog, max_chunks: int = 4, threshold: float = 0.65):
   """Fixed-Preload's video choice: (slot, has_target).
 
@@ -197,14 +213,9 @@ class NoSave(Policy):
     state = tree_select(has_target, updated, state)
     bandwidth = jnp.where(bandwidth > 0, bandwidth, 1.0)  # unreachable guard: a sample exists
 
-    video = slot_videos(obs)[slot]
-    c = obs.chunks_downloaded[slot]
-    terms = mpc.rollout(mpc.chunk_sizes_ahead(catalog, video, c, self.horizon),
-                        catalog.bitrates_kbps, obs.buffer_ms[slot], bandwidth,
-                        obs.num_chunks[slot] - c, jnp.maximum(obs.last_level[slot], 0),
-                        carry_prev=True)
-    level, _ = mpc.first_level(terms, mpc.weighted_objective(terms, 1.0, self.rebuf_penalty,
-                                                             1.0, 0.0))
+    level = slot_mpc_level(obs, catalog, slot, bandwidth, self.horizon,
+                           (1.0, self.rebuf_penalty, 1.0, 0.0),
+                           jnp.maximum(obs.last_level[slot], 0), carry_prev=True)
     action = choose(has_target, download(slot, level), sleep(self.sleep_ms))
     action = choose(obs.first_step, download(0, self.first_level), action)
     state = tree_select(obs.first_step, policy_state, state)
@@ -254,12 +265,8 @@ class MpcFixedPreload(Policy):
 
     slot, has_target = fixed_preload_target(obs, catalog, self.max_preload_chunks,
                                             self.retention_threshold)
-    video = slot_videos(obs)[slot]
-    c = obs.chunks_downloaded[slot]
-    terms = mpc.rollout(mpc.chunk_sizes_ahead(catalog, video, c, self.horizon),
-                        catalog.bitrates_kbps, obs.buffer_ms[slot], bandwidth,
-                        obs.num_chunks[slot] - c, obs.last_level[slot])
-    level, _ = mpc.first_level(terms, mpc.weighted_objective(terms, *self.weights))
+    level = slot_mpc_level(obs, catalog, slot, bandwidth, self.horizon, self.weights,
+                           obs.last_level[slot])
     action = choose(has_target, download(slot, level), sleep(self.sleep_ms))
     action = choose(jnp.logical_or(obs.first_step, ~ready), download(0, 0), action)
     return action, state
