@@ -1,0 +1,1 @@
+"""The generic GFlowNet core: DAG environments, sampling, losses, training, HyperGrid."""
