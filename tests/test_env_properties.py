@@ -561,3 +561,35 @@ def test_float_sleeps_below_one_ms_or_nan_are_invalid(mmgc_catalog):
     _, _, _, _, _, info = step(jax.random.PRNGKey(0), state, action, params)
     assert bool(info["invalid_action"]) == invalid
     assert int(info["delay_ms"]) == delay and float(info["video_bytes"]) == 0.0
+
+
+def test_env_params_vmap_over_worlds_and_preferences(mmgc_catalog):
+  """EnvParams is a pytree: vmapping over stacked params (per-session worlds,
+  users and preference samplers) equals running each params alone."""
+  from gfnfeeds.data.packing import pack_world
+  from gfnfeeds.env.feeds import FeedsEnv
+  from gfnfeeds.env.preferences import archetype_preferences, fixed_preferences
+  env = FeedsEnv()
+  worlds = [pack_world([mmgc_trace(n)], [MMGC_DEFAULT_WATCH_MS], max_trace_len=5880)
+            for n in ("high/0", "low/7")]
+  prefs = [fixed_preferences(), fixed_preferences((1.2, 3.0, 0.5, 1.0))]
+  singles = [env.make_params(mmgc_catalog, w, p) for w, p in zip(worlds, prefs)]
+  batched = jax.tree.map(lambda a, b: jnp.stack([jnp.asarray(a), jnp.asarray(b)]), *singles)
+  keys = jax.random.split(jax.random.PRNGKey(7), 2)
+
+  def run(key, params):
+    obs, state = env.reset(key, params)
+    rewards = []
+    for t in range(12):
+      action = jnp.int32(0) if t % 3 else jnp.int32(15)  # download slot 0 level 0, or sleep
+      obs, state, reward, _, _, _ = env.step(jax.random.fold_in(key, t), state, action, params)
+      rewards.append(reward)
+    return jnp.stack(rewards), state.session.weights
+
+  rewards_b, weights_b = jax.jit(jax.vmap(run))(keys, batched)
+  for i, params in enumerate(singles):
+    rewards_i, weights_i = jax.jit(run)(keys[i], params)
+    np.testing.assert_array_equal(np.asarray(rewards_b[i]), np.asarray(rewards_i))
+    np.testing.assert_array_equal(np.asarray(weights_b[i]), np.asarray(weights_i))
+  assert not np.array_equal(np.asarray(rewards_b[0]), np.asarray(rewards_b[1]))
+  np.testing.assert_allclose(np.asarray(weights_b[1]), [1.2, 3.0, 0.5, 1.0])
