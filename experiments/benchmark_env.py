@@ -19,13 +19,14 @@ os.environ.setdefault("XLA_FLAGS",
                       f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from experiments.common import device_description  # noqa: E402
 
 import gfnfeeds  # noqa: E402,F401
 from gfnfeeds.data.datasets import load_network_arg, load_videos_arg  # noqa: E402
@@ -45,14 +46,6 @@ flags.DEFINE_integer("repeats", 5, "timed runs per session count (median reporte
 flags.DEFINE_float("reference_seconds", 5.0, "how long to time the Python reference")
 flags.DEFINE_string("json", None, "write the results as JSON here")
 flags.DEFINE_integer("seed", 0, "PRNG seed")
-
-
-def device_description() -> str:
-  d = jax.devices()[0]
-  if d.platform == "cpu":
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{jax.device_count()} XLA host devices"
-  return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
 
 
 def time_jax(env, params, num_sessions: int, steps: int, repeats: int, seed: int) -> dict:

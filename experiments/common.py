@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import sys
+
+import jax
 
 from absl import flags
 
@@ -39,6 +43,15 @@ def define_session_flags() -> None:
   flags.DEFINE_integer("batch_size", 4096, "sessions per device dispatch")
   flags.DEFINE_integer("max_steps", 4096, "decision limit per session")
   flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def device_description() -> str:
+  """The machine the benchmarks ran on, for their JSON and tables."""
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    return (f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{jax.device_count()} XLA host devices")
+  return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
 
 
 def fail(program: str, message: str) -> None:

@@ -1,0 +1,375 @@
+r"""GFlowNet training speed: gfnfeeds (JAX) against torchgfn on the same machine.
+
+    python -m experiments.benchmark_gfn --suite=hypergrid --json=/tmp/bench_gfn.json
+
+Suite `hypergrid` (the only one so far): trajectory-balance training on
+HyperGrid (ndim, height) for each --grids entry, a 2 x --hidden ReLU MLP with a
+forward head and a learned backward head on one shared trunk, scalar log Z,
+batch --batch, Adam (network --lr, log Z --log_z_lr), on-policy (no exploration).
+
+gfnfeeds: from a fresh init, --warmup untimed steps, then --repeats x (one
+block of --block steps fused in a `lax.scan`, one jitted call; one block of
+--block sequential jitted `make_train_step` calls), training carried on
+throughout; ms/iteration = median block / --block, compile time separate. Both
+`active_buckets=0` and `active_buckets=--active_buckets` are measured; the
+fastest (mode, fused/sequential) is the reported `ms_per_iter`, the rest stays
+in the JSON.
+
+torchgfn (2.4.1, optional `torch` extra): its own `HyperGrid` env (original
+reward, same R0/R1/R2), `KHotPreprocessor` (the same one-hot-per-coordinate
+features), `DiscretePolicyEstimator` with `gfn.utils.modules.MLP` (P_B's MLP
+shares P_F's trunk, as in gfnfeeds), `TBGFlowNet`, sampling with
+`sample_trajectories(env, n=batch, save_logprobs=True)` and the loss with the
+saved log-probs (`recalculate_all_logprobs=False`), Adam with the same two
+learning rates, `torch.set_num_threads(cpu count)`. Timed over the same
+iterations: fresh init, same warmup, then 2 x --repeats blocks of --block
+(median), so both are at the same training stage, which matters: trajectories
+lengthen as training proceeds and both samplers' cost follows the lengths.
+
+Quality: on the --tv_grid both are trained --tv_iterations iterations from a
+fresh init and the exact terminal distribution of each forward policy
+(propagated through the DAG by `HyperGrid.policy_distribution`, no sampling
+noise) is compared with the exact target by total variation. The wall time of
+these runs (ms/iteration averaged over the whole run, compile excluded for JAX)
+is reported as well.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One XLA device per core on CPU (as in the other benchmarks); set before jax loads.
+os.environ.setdefault("XLA_FLAGS",
+                      f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from experiments.common import device_description  # noqa: E402
+
+import gfnfeeds  # noqa: E402,F401
+from gfnfeeds.gfn import train as T  # noqa: E402
+from gfnfeeds.gfn.hypergrid import HyperGrid, total_variation  # noqa: E402
+from gfnfeeds.gfn.networks import MLPPolicy, PolicyOutput  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("suite", "hypergrid", ["hypergrid"], "which benchmark suite to run")
+flags.DEFINE_list("grids", ["4:16", "2:8"], "HyperGrid sizes as ndim:height")
+flags.DEFINE_integer("batch", 512, "trajectories per iteration")
+flags.DEFINE_integer("hidden", 256, "width of the 2 hidden layers")
+flags.DEFINE_float("lr", 1e-3, "Adam step size of the network")
+flags.DEFINE_float("log_z_lr", 1e-1, "Adam step size of log Z")
+flags.DEFINE_integer("active_buckets", 5, "the bucketed mode measured against active_buckets=0")
+flags.DEFINE_integer("warmup", 5, "untimed iterations before the timed blocks")
+flags.DEFINE_integer("block", 10, "iterations per timed block")
+flags.DEFINE_integer("repeats", 5, "timed blocks (median reported)")
+flags.DEFINE_string("tv_grid", "2:8", "grid of the quality comparison ('' to skip)")
+flags.DEFINE_integer("tv_iterations", 1000, "training iterations before the TV comparison")
+flags.DEFINE_bool("peer", True, "also run torchgfn (skipped with a message if not installed)")
+flags.DEFINE_string("json", None, "write the results as JSON here")
+flags.DEFINE_integer("seed", 0, "PRNG / torch seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What both implementations share."""
+
+  batch: int = 512
+  hidden: int = 256
+  lr: float = 1e-3
+  log_z_lr: float = 1e-1
+  seed: int = 0
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+  ndim, height = text.split(":")
+  return int(ndim), int(height)
+
+
+def _median_ms(times: list[float], block: int) -> float:
+  return 1e3 * float(np.median(times)) / block
+
+
+# ---------------------------------------------------------------- gfnfeeds (JAX)
+
+
+class JaxTB:
+  """TB training state and step functions of gfnfeeds for one grid and one bucket mode."""
+
+  def __init__(self, ndim: int, height: int, setup: Setup, active_buckets: int):
+    batch, hidden, seed = setup.batch, setup.hidden, setup.seed
+    lr, log_z_lr = setup.lr, setup.log_z_lr
+    self.env = HyperGrid(ndim=ndim, height=height)
+    self.model = T.make_model(self.env, "tb", (hidden, hidden), "relu", "learned")
+    self.optimizer = T.make_optimizer(lr, log_z_lr)
+    self.state = T.init_train_state(jax.random.PRNGKey(seed), self.env, self.model,
+                                    self.optimizer)
+    self.key = jax.random.PRNGKey(seed + 1)
+    self.step = T.make_train_step(self.env, self.model, "tb", self.optimizer, batch,
+                                  active_buckets=active_buckets, jit=True)
+    raw = T.make_train_step(self.env, self.model, "tb", self.optimizer, batch,
+                            active_buckets=active_buckets, jit=False)
+    self._fused = jax.jit(lambda s, keys: jax.lax.scan(raw, s, keys))
+
+  def _keys(self, n: int):
+    self.key, sub = jax.random.split(self.key)
+    return jax.random.split(sub, n)
+
+  def run_fused(self, n: int) -> dict:
+    """n iterations in one scanned call; returns the last metrics (blocks until done)."""
+    self.state, metrics = self._fused(self.state, self._keys(n))
+    jax.block_until_ready(self.state)
+    return jax.tree.map(lambda m: m[-1], metrics)
+
+  def run_sequential(self, n: int) -> None:
+    for k in self._keys(n):
+      self.state, _ = self.step(self.state, k)
+    jax.block_until_ready(self.state)
+
+  def compile_s(self, n: int) -> float:
+    """Compiles the fused n-step call and the single step (AOT, no state change)."""
+    t0 = time.perf_counter()
+    self._fused.lower(self.state, self._keys(n)).compile()
+    self.step.lower(self.state, self._keys(1)[0]).compile()
+    return time.perf_counter() - t0
+
+  def tv(self) -> float:
+    dist = self.env.policy_distribution(self.model.apply, self.state.params)
+    return total_variation(dist, self.env.exact_distribution())
+
+
+def time_jax(ndim: int, height: int, setup: Setup, active_buckets: int, warmup: int,
+             block: int, repeats: int) -> dict:
+  """Fresh init, compile (timed), warmup, then `repeats` x (a fused block, a sequential block).
+
+  Fused and sequential blocks alternate so that both are measured at the same training stage.
+  """
+  tb = JaxTB(ndim, height, setup, active_buckets)
+  compile_s = tb.compile_s(block)
+  tb.run_sequential(warmup)
+  fused, seq, last = [], [], None
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    last = tb.run_fused(block)
+    fused.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    tb.run_sequential(block)
+    seq.append(time.perf_counter() - t0)
+  return {"active_buckets": active_buckets, "ms_per_iter": _median_ms(fused, block),
+          "sequential_ms_per_iter": _median_ms(seq, block), "fused_block_s": fused,
+          "sequential_block_s": seq, "compile_s": compile_s,
+          "mean_length_last": float(last["mean_length"])}
+
+
+def train_jax_tv(ndim: int, height: int, setup: Setup, active_buckets: int,
+                 iterations: int) -> dict:
+  """Trains `iterations` iterations (fused, one call) from a fresh init; exact TV after."""
+  tb = JaxTB(ndim, height, setup, active_buckets)
+  compile_s = tb.compile_s(iterations)
+  t0 = time.perf_counter()
+  tb.run_fused(iterations)
+  wall = time.perf_counter() - t0
+  return {"tv": tb.tv(), "ms_per_iter_run": 1e3 * wall / iterations, "compile_s": compile_s}
+
+
+# ---------------------------------------------------------------- torchgfn peer
+
+
+def torch_available() -> str | None:
+  """None when torch and torchgfn import, else the reason."""
+  try:
+    import torch  # noqa: F401
+    import gfn  # noqa: F401
+    from gfn.gflownet import TBGFlowNet  # noqa: F401
+    from gfn.gym import HyperGrid as _  # noqa: F401
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+def torch_versions() -> dict:
+  from importlib.metadata import version
+  try:
+    return {"torch": version("torch"), "torchgfn": version("torchgfn")}
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
+class TorchTB:
+  """The same TB setup built from torchgfn's own modules."""
+
+  def __init__(self, ndim: int, height: int, setup: Setup):
+    batch, hidden, seed = setup.batch, setup.hidden, setup.seed
+    lr, log_z_lr = setup.lr, setup.log_z_lr
+    import torch
+    from gfn.estimators import DiscretePolicyEstimator
+    from gfn.gflownet import TBGFlowNet
+    from gfn.gym import HyperGrid as TorchHyperGrid
+    from gfn.preprocessors import KHotPreprocessor
+    from gfn.utils.modules import MLP
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    self.torch = torch
+    self.ndim, self.height, self.batch = ndim, height, batch
+    self.env = TorchHyperGrid(ndim=ndim, height=height, reward_fn_str="original",
+                              reward_fn_kwargs={"R0": 0.1, "R1": 0.5, "R2": 2.0},
+                              validate_modes=False)  # (2, 4) has no R2 mode; the smoke test uses it
+    pre = KHotPreprocessor(height=height, ndim=ndim)
+    n_actions = self.env.n_actions
+    pf_module = MLP(input_dim=pre.output_dim, output_dim=n_actions, hidden_dim=hidden,
+                    n_hidden_layers=2)
+    pb_module = MLP(input_dim=pre.output_dim, output_dim=n_actions - 1, hidden_dim=hidden,
+                    trunk=pf_module.trunk)
+    self.pf = DiscretePolicyEstimator(pf_module, n_actions, preprocessor=pre, is_backward=False)
+    self.pb = DiscretePolicyEstimator(pb_module, n_actions, preprocessor=pre, is_backward=True)
+    self.gflownet = TBGFlowNet(pf=self.pf, pb=self.pb, init_logZ=0.0)
+    self.optimizer = torch.optim.Adam([
+        {"params": self.gflownet.pf_pb_parameters(), "lr": lr},
+        {"params": self.gflownet.logz_parameters(), "lr": log_z_lr}])
+
+  def run(self, n: int) -> float:
+    """n on-policy TB iterations; returns the mean trajectory length of the last batch."""
+    length = 0.0
+    for _ in range(n):
+      traj = self.gflownet.sample_trajectories(self.env, n=self.batch, save_logprobs=True)
+      self.optimizer.zero_grad()
+      loss = self.gflownet.loss(self.env, traj, recalculate_all_logprobs=False)
+      loss.backward()
+      self.optimizer.step()
+      length = float(traj.terminating_idx.float().mean()) if hasattr(
+          traj, "terminating_idx") else float("nan")
+    return length
+
+  def tv(self) -> float:
+    """Exact TV of the forward policy: its logits on every state, propagated by gfnfeeds."""
+    torch = self.torch
+    grid = HyperGrid(ndim=self.ndim, height=self.height)
+    positions = torch.as_tensor(grid.all_positions(), dtype=torch.long)
+    with torch.no_grad():
+      logits = self.pf(self.env.States(positions)).float().cpu().numpy()
+    fixed = PolicyOutput(forward_logits=jnp.asarray(logits, jnp.float32))
+    dist = grid.policy_distribution(lambda params, f, c: fixed, None)
+    return total_variation(dist, grid.exact_distribution())
+
+
+def time_torch(ndim: int, height: int, setup: Setup, warmup: int, block: int,
+               repeats: int) -> dict:
+  tb = TorchTB(ndim, height, setup)
+  tb.run(warmup)
+  times, length = [], float("nan")
+  for _ in range(2 * repeats):  # as many iterations as time_jax's fused + sequential blocks
+    t0 = time.perf_counter()
+    length = tb.run(block)
+    times.append(time.perf_counter() - t0)
+  return {"ms_per_iter": _median_ms(times, block), "block_s": times,
+          "mean_length_last": length, "threads": tb.torch.get_num_threads()}
+
+
+def train_torch_tv(ndim: int, height: int, setup: Setup, iterations: int) -> dict:
+  tb = TorchTB(ndim, height, setup)
+  t0 = time.perf_counter()
+  tb.run(iterations)
+  wall = time.perf_counter() - t0
+  return {"tv": tb.tv(), "ms_per_iter_run": 1e3 * wall / iterations}
+
+
+# ---------------------------------------------------------------- the suite
+
+
+def run_hypergrid(grids, setup: Setup = Setup(), peer: bool = True,
+                  tv_grid: tuple[int, int] | None = (2, 8), tv_iterations: int = 1000,
+                  active_buckets: int = 5, warmup: int = 5, block: int = 10, repeats: int = 5,
+                  log=print) -> dict:
+  """The HyperGrid suite; returns the JSON-ready result (the `hypergrid` list and context)."""
+  reason = torch_available() if peer else "disabled (peer=False)"
+  if peer and reason:
+    log(f"torchgfn peer SKIPPED ({reason}); install it with "
+        f"`pip install torch==2.13.0 torchgfn==2.4.1` (the `torch` extra)")
+  use_peer = peer and reason is None
+  rows = []
+  for ndim, height in grids:
+    modes = [time_jax(ndim, height, setup, 0, warmup, block, repeats)]
+    if active_buckets > 0:
+      modes.append(time_jax(ndim, height, setup, active_buckets, warmup, block, repeats))
+    for m in modes:
+      log(f"jax   ({ndim},{height}) active_buckets={m['active_buckets']}: "
+          f"{m['ms_per_iter']:.1f} ms/iter fused, {m['sequential_ms_per_iter']:.1f} sequential, "
+          f"compile {m['compile_s']:.1f}s, mean length {m['mean_length_last']:.1f}")
+    # The fastest (bucket mode, fused or sequential) combination is the reported number.
+    best_ms, style, best = min((m[k], k, m) for m in modes
+                               for k in ("ms_per_iter", "sequential_ms_per_iter"))
+    row = {"ndim": ndim, "height": height, "ms_per_iter": best_ms,
+           "best_active_buckets": best["active_buckets"],
+           "best_style": "fused" if style == "ms_per_iter" else "sequential",
+           "jax_fused_ms_per_iter": best["ms_per_iter"],
+           "jax_sequential_ms_per_iter": best["sequential_ms_per_iter"], "jax_modes": modes,
+           "torchgfn_ms_per_iter": None, "ratio": None, "jax_tv": None, "torchgfn_tv": None,
+           "iterations": None, "timing": {"warmup": warmup, "block": block, "repeats": repeats}}
+    if use_peer:
+      tt = time_torch(ndim, height, setup, warmup, block, repeats)
+      row["torchgfn_ms_per_iter"] = tt["ms_per_iter"]
+      row["torchgfn_timing"] = tt
+      row["ratio"] = tt["ms_per_iter"] / best_ms
+      log(f"torch ({ndim},{height}): {tt['ms_per_iter']:.1f} ms/iter ({tt['threads']} threads, "
+          f"mean length {tt['mean_length_last']:.1f}); torchgfn / jax = {row['ratio']:.2f}")
+    if tv_grid is not None and tuple(tv_grid) == (ndim, height) and tv_iterations > 0:
+      jt = train_jax_tv(ndim, height, setup, best["active_buckets"], tv_iterations)
+      row.update(iterations=tv_iterations, jax_tv=jt["tv"],
+                 jax_run_ms_per_iter=jt["ms_per_iter_run"], jax_run_compile_s=jt["compile_s"])
+      log(f"jax   ({ndim},{height}) {tv_iterations} iterations: TV {jt['tv']:.4f}, "
+          f"{jt['ms_per_iter_run']:.1f} ms/iter over the run")
+      if use_peer:
+        ptv = train_torch_tv(ndim, height, setup, tv_iterations)
+        row.update(torchgfn_tv=ptv["tv"], torchgfn_run_ms_per_iter=ptv["ms_per_iter_run"])
+        log(f"torch ({ndim},{height}) {tv_iterations} iterations: TV {ptv['tv']:.4f}, "
+            f"{ptv['ms_per_iter_run']:.1f} ms/iter over the run")
+    rows.append(row)
+  return {"hypergrid": rows, "peer": "torchgfn" if use_peer else None,
+          "peer_skipped_reason": None if use_peer else reason,
+          "setup": dict(dataclasses.asdict(setup), loss="tb", layers=2,
+                        backward_policy="learned, trunk shared with P_F", exploration="none")}
+
+
+def print_table(rows: list[dict]) -> None:
+  def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+  print("| grid | gfnfeeds ms/iter (active_buckets, fused/sequential) | torchgfn ms/iter | ratio | "
+        "jax TV | torchgfn TV | iterations |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| ({r['ndim']}, {r['height']}) | {r['ms_per_iter']:.1f} "
+          f"({r['best_active_buckets']}, {r['best_style']}) "
+          f"| {fmt(r['torchgfn_ms_per_iter'], '.1f')} | {fmt(r['ratio'], '.2f')} "
+          f"| {fmt(r['jax_tv'], '.2g')} | {fmt(r['torchgfn_tv'], '.2g')} "
+          f"| {fmt(r['iterations'], 'd')} |")
+
+
+def main(argv):
+  del argv
+  print(f"device: {device_description()}")
+  grids = [parse_grid(g) for g in FLAGS.grids]
+  tv_grid = parse_grid(FLAGS.tv_grid) if FLAGS.tv_grid else None
+  setup = Setup(FLAGS.batch, FLAGS.hidden, FLAGS.lr, FLAGS.log_z_lr, FLAGS.seed)
+  t0 = time.perf_counter()
+  result = run_hypergrid(grids, setup, FLAGS.peer, tv_grid, FLAGS.tv_iterations,
+                         FLAGS.active_buckets, FLAGS.warmup, FLAGS.block, FLAGS.repeats,
+                         log=lambda m: print(m, flush=True))
+  result["total_s"] = time.perf_counter() - t0
+  result.update(device=device_description(), date=time.strftime("%Y-%m-%d"),
+                jax_version=jax.__version__, **torch_versions())
+  print_table(result["hypergrid"])
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  app.run(main)
