@@ -18,7 +18,6 @@ import os
 os.environ.setdefault("XLA_FLAGS",
                       f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
-import json  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
@@ -26,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from experiments.common import device_description  # noqa: E402
+from experiments.common import device_description, write_json  # noqa: E402
 
 import gfnfeeds  # noqa: E402,F401
 from gfnfeeds.data.datasets import load_network_arg, load_videos_arg  # noqa: E402
@@ -119,10 +118,7 @@ def main(argv):
             "device": device_description(), "steps_per_session": FLAGS.steps,
             "jax_version": jax.__version__, "date": time.strftime("%Y-%m-%d")}
   print(f"python reference: {ref['steps_per_s']:,.0f} steps/s; best ratio {result['best_ratio']:.1f}x")
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(result, f, indent=2)
-    print(f"wrote {FLAGS.json}")
+  write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":

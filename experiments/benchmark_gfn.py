@@ -43,7 +43,6 @@ os.environ.setdefault("XLA_FLAGS",
                       f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -51,7 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from experiments.common import device_description  # noqa: E402
+from experiments.common import device_description, write_json  # noqa: E402
 
 import gfnfeeds  # noqa: E402,F401
 from gfnfeeds.gfn import train as T  # noqa: E402
@@ -365,10 +364,7 @@ def main(argv):
   result.update(device=device_description(), date=time.strftime("%Y-%m-%d"),
                 jax_version=jax.__version__, **torch_versions())
   print_table(result["hypergrid"])
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(result, f, indent=2)
-    print(f"wrote {FLAGS.json}")
+  write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":

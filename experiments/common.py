@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -52,6 +53,14 @@ def device_description() -> str:
     return (f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{jax.device_count()} XLA host devices")
   return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
+
+
+def write_json(path: str | None, result: dict) -> None:
+  """Writes a program's machine-readable result (if a path was given)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"wrote {path}")
 
 
 def fail(program: str, message: str) -> None:

@@ -18,7 +18,6 @@ import os
 os.environ.setdefault("XLA_FLAGS",
                       f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
-import json  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
@@ -70,15 +69,12 @@ def main(argv):
     if diffs:
       cells.append(f"{diffs[n][0]:+.3f} ± {diffs[n][1]:.3f}")
     print("| " + " | ".join(cells) + " |")
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump({"flags": {k: getattr(FLAGS, k) for k in (
-          "network", "videos", "users", "preferences", "trace_class", "split", "seed",
-          "reference_quirks", "sessions")},
-                 "sessions": len(setup.table), "summaries": summaries,
-                 "score_difference_vs_reference": diffs, "seconds": seconds}, f, indent=2)
-    print(f"wrote {FLAGS.json}")
-
+  common.write_json(FLAGS.json, {
+      "flags": {k: getattr(FLAGS, k) for k in ("network", "videos", "users", "preferences",
+                                               "trace_class", "split", "seed",
+                                               "reference_quirks", "sessions")},
+      "sessions": len(setup.table), "summaries": summaries,
+      "score_difference_vs_reference": diffs, "seconds": seconds})
 
 if __name__ == "__main__":
   app.run(main)
