@@ -55,7 +55,7 @@ from experiments.common import device_description, write_json  # noqa: E402
 import gfnfeeds  # noqa: E402,F401
 from gfnfeeds.gfn import train as T  # noqa: E402
 from gfnfeeds.gfn.hypergrid import HyperGrid, total_variation  # noqa: E402
-from gfnfeeds.gfn.networks import MLPPolicy, PolicyOutput  # noqa: E402
+from gfnfeeds.gfn.networks import PolicyOutput  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("suite", "hypergrid", ["hypergrid"], "which benchmark suite to run")

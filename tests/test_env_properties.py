@@ -568,7 +568,7 @@ def test_env_params_vmap_over_worlds_and_preferences(mmgc_catalog):
   users and preference samplers) equals running each params alone."""
   from gfnfeeds.data.packing import pack_world
   from gfnfeeds.env.feeds import FeedsEnv
-  from gfnfeeds.env.preferences import archetype_preferences, fixed_preferences
+  from gfnfeeds.env.preferences import fixed_preferences
   env = FeedsEnv()
   worlds = [pack_world([mmgc_trace(n)], [MMGC_DEFAULT_WATCH_MS], max_trace_len=5880)
             for n in ("high/0", "low/7")]
@@ -593,3 +593,21 @@ def test_env_params_vmap_over_worlds_and_preferences(mmgc_catalog):
     np.testing.assert_array_equal(np.asarray(weights_b[i]), np.asarray(weights_i))
   assert not np.array_equal(np.asarray(rewards_b[0]), np.asarray(rewards_b[1]))
   np.testing.assert_allclose(np.asarray(weights_b[1]), [1.2, 3.0, 0.5, 1.0])
+
+
+def test_world_without_users_samples_from_retention(mmgc_catalog):
+  """A world packed without a user bank makes sessions sample watch times from the
+  retention curves by default, and asking for bank users raises a clear error."""
+  from gfnfeeds.data.packing import pack_world
+  from gfnfeeds.env.feeds import FeedsEnv
+  env = FeedsEnv()
+  world = pack_world([mmgc_trace("high/0")])
+  params = env.make_params(mmgc_catalog, world)
+  assert params.watch_from_bank is False
+  _, state = jax.jit(env.reset)(jax.random.PRNGKey(3), params)
+  watch = np.asarray(state.session.watch_ms)
+  assert np.all(watch >= 0) and watch.max() > 1000  # real draws, not the -1 marker
+  with pytest.raises(ValueError, match="no fixed users"):
+    env.make_params(mmgc_catalog, world, watch_from_bank=True)
+  banked = pack_world([mmgc_trace("high/0")], [MMGC_DEFAULT_WATCH_MS])
+  assert env.make_params(mmgc_catalog, banked).watch_from_bank is True

@@ -16,6 +16,7 @@ from flax import struct
 from gfnfeeds.data.types import NetworkTrace, Video
 
 MMGC_LADDER_KBPS = (750.0, 1200.0, 1850.0)
+NO_USERS = -1  # watch_bank marker of a world without fixed users
 
 
 @struct.dataclass
@@ -63,7 +64,8 @@ class World:
     trace_mbps: float64 [num_traces, max_len].
     trace_len: int32 [num_traces], rows in use; the cursor wraps at this length.
     watch_bank: int32 [num_users, videos_per_session], watch durations (ms) of
-      fixed users (e.g. the MMGC default user and its samples). At least one row.
+      fixed users (e.g. the MMGC default user and its samples). At least one
+      row; a single row of NO_USERS (-1) means the world has no fixed users.
   """
 
   trace_times: jnp.ndarray
@@ -172,7 +174,7 @@ def pack_world(traces: Sequence[NetworkTrace],
     times[i, k:], mbps[i, k:] = tr.times_s[-1], tr.bandwidth_mbps[-1]
     lens[i] = k
   if watch_bank is None:
-    bank = np.ones((1, videos_per_session), np.int32)
+    bank = np.full((1, videos_per_session), NO_USERS, np.int32)
   else:
     bank = np.asarray(watch_bank)
     if bank.ndim != 2 or bank.shape[1] != videos_per_session:

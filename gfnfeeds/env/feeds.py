@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from gfnfeeds.data.packing import Catalog, World
@@ -320,11 +321,21 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
   # ----------------------------------------------------------------- params
   def make_params(self, catalog: Catalog, world: World,
                   preferences: PreferenceSampler | None = None, **kwargs) -> EnvParams:
-    """EnvParams for a catalog and world; kwargs override the scalar settings."""
+    """EnvParams for a catalog and world; kwargs override the scalar settings.
+
+    Users come from world.watch_bank when it holds fixed users, else they are
+    sampled from the retention curves (override with watch_from_bank=...).
+    """
     if world.watch_bank.shape[-1] != self.num_videos:
       raise ValueError(f"world.watch_bank has {world.watch_bank.shape[-1]} videos per session, "
                        f"the environment {self.num_videos}")
     prefs = fixed_preferences() if preferences is None else preferences
+    has_users = not bool(np.any(np.asarray(world.watch_bank) < 0))
+    if "watch_from_bank" not in kwargs:
+      kwargs["watch_from_bank"] = has_users  # no fixed users: sample from retention
+    elif kwargs["watch_from_bank"] is True and not has_users:
+      raise ValueError("watch_from_bank=True but the world has no fixed users "
+                       "(pack_world(..., watch_bank=None)); pass a watch_bank or sample them")
     return EnvParams(catalog=catalog, world=world, preferences=prefs, **kwargs)
 
   @property
