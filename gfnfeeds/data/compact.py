@@ -98,6 +98,16 @@ def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
   Path(path).write_bytes(buf.getvalue())
 
 
+def _check_keys(path, present, expected, noun: str, where: str = "") -> None:
+  """DataError naming the first missing, then the first unexpected, entry name."""
+  missing = [k for k in expected if k not in present]
+  if missing:
+    raise DataError(path, f"missing {noun} {missing[0]!r}")
+  extra = sorted(set(present) - set(expected))
+  if extra:
+    raise DataError(path, f"unexpected {noun} {extra[0]!r}{where}")
+
+
 def _read_npz(path, keys: Sequence[str], tag: str) -> dict[str, np.ndarray]:
   """Reads every member of an .npz and checks its key set, format tag and version."""
   path = Path(path)
@@ -129,12 +139,7 @@ def _read_npz(path, keys: Sequence[str], tag: str) -> dict[str, np.ndarray]:
   if int(version) != FORMAT_VERSION:
     raise DataError(path, f"unsupported {tag} version {int(version)} (this "
                     f"gfnfeeds reads version {FORMAT_VERSION})")
-  missing = [k for k in keys if k not in arrays]
-  if missing:
-    raise DataError(path, f"missing entry {missing[0]!r}")
-  extra = sorted(set(arrays) - set(keys))
-  if extra:
-    raise DataError(path, f"unexpected entry {extra[0]!r} in a {tag} file")
+  _check_keys(path, arrays, keys, "entry", f" in a {tag} file")
   return arrays
 
 
@@ -503,12 +508,7 @@ def _validate_preferences(path, settings) -> dict:
     raise DataError(path, f"unsupported {PREFERENCES_FORMAT} version "
                     f"{settings.get('version')!r} (this gfnfeeds reads version "
                     f"{FORMAT_VERSION})")
-  missing = [k for k in _PREFERENCE_KEYS if k not in settings]
-  if missing:
-    raise DataError(path, f"missing key {missing[0]!r}")
-  extra = sorted(set(settings) - set(_PREFERENCE_KEYS))
-  if extra:
-    raise DataError(path, f"unexpected key {extra[0]!r}")
+  _check_keys(path, settings, _PREFERENCE_KEYS, "key")
   if settings["weight_names"] != list(WEIGHT_NAMES):
     raise DataError(path, f"weight_names must be {list(WEIGHT_NAMES)}, got "
                     f"{settings['weight_names']!r}")
