@@ -179,6 +179,53 @@ def test_sampling_respects_masks_and_stores_policy_log_probs():
   np.testing.assert_allclose(np.asarray(bucketed.log_pf), np.asarray(traj.log_pf), atol=1e-5)
   np.testing.assert_allclose(np.asarray(bucketed.log_flows), flows, atol=1e-5)
 
+  # So does the shrinking-batch sampler (sizes 256, 192, 128, 64); under vmap too.
+  def compact(key, params):
+    return sample_trajectories(key, env, model.apply, params, (), batch, epsilon=0.5,
+                               temperature=2.0, compact=4)
+  shrunk = jax.jit(compact)(jax.random.PRNGKey(1), state.params)
+  _assert_same_trajectories(shrunk, traj)
+  keys = jnp.stack([jax.random.PRNGKey(1), jax.random.PRNGKey(2)])
+  both = jax.jit(jax.vmap(compact, in_axes=(0, None)))(keys, state.params)
+  _assert_same_trajectories(jax.tree.map(lambda x: x[0], both), traj)
+  second = sample_trajectories(keys[1], env, model.apply, state.params, (), batch, epsilon=0.5,
+                               temperature=2.0)
+  _assert_same_trajectories(jax.tree.map(lambda x: x[1], both), second)
+
+
+def _assert_same_trajectories(a, b):
+  """Same integer records (actions, states, lengths), float records up to rounding."""
+  for name in ("actions", "mask", "lengths"):
+    np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)))
+  for x, y in zip(jax.tree.leaves((a.states, a.terminal_states)),
+                  jax.tree.leaves((b.states, b.terminal_states))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for name in ("features", "cond_features", "log_pf", "log_pb", "log_flows", "log_rewards"):
+    np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", T.LOSSES)
+def test_compact_sampler_gradient_equals_plain(loss):
+  """The shrinking-batch sampler's custom backward pass gives the plain path's gradient."""
+  env = TemperedGrid(ndim=3, height=4)  # a conditioned env: cond rows follow their trajectories
+  model = T.make_model(env, loss, (32, 32))
+  state = T.init_train_state(jax.random.PRNGKey(0), env, model, T.make_optimizer(),
+                             cond_example=jnp.float32(1.0))
+  key = jax.random.PRNGKey(3)
+
+  def grad(compact, chunk):
+    loss_fn = T.make_loss_fn(env, model, loss, 48, epsilon=0.3, cond_fn=_draw_beta,
+                             compact=compact, compact_chunk=chunk)
+    return jax.jit(jax.value_and_grad(lambda p: loss_fn(p, key)[0]))(state.params)
+
+  (v0, g0), (v1, g1) = grad(0, 0), grad(3, 40)  # sizes 48, 32, 16; 40-row chunks
+  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0))
+  assert scale > 0
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * scale)
+
 
 # ------------------------------------------------------------------ losses
 
@@ -273,12 +320,14 @@ def test_train_is_vmappable_over_seeds():
 # ------------------------------------------------------------------ each loss learns the target
 
 
-@pytest.mark.parametrize("loss", T.LOSSES)
-def test_loss_trains_sampler_to_target(loss):
+@pytest.mark.parametrize("loss,compact", [("tb", 0), ("db", 0), ("subtb", 0), ("fm", 0),
+                                          ("tb", 4)])
+def test_loss_trains_sampler_to_target(loss, compact):
   env = GRID
   target = env.exact_distribution()
   config = T.TrainConfig(env=env, loss=loss, hidden=HIDDEN, batch=64, num_steps=1000,
-                         learning_rate=1e-3, log_z_learning_rate=1e-1, epsilon=0.05)
+                         learning_rate=1e-3, log_z_learning_rate=1e-1, epsilon=0.05,
+                         compact=compact)
   model = T.make_model(env, loss, HIDDEN)
   sample = jax.jit(lambda key, params: sample_terminal_states(
       key, env, model.apply, params, (), NUM_SAMPLES, 1000))
@@ -293,7 +342,8 @@ def test_loss_trains_sampler_to_target(loss):
   tv_exact = total_variation(target, env.policy_distribution(model.apply, params))
   tv_empirical = total_variation(target, env.empirical_distribution(
       sample(jax.random.PRNGKey(12), params)))
-  print(f"{loss}: fresh TV {fresh_tv:.3f}, trained TV empirical {tv_empirical:.4f}, "
+  print(f"{loss} (compact={compact}): fresh TV {fresh_tv:.3f}, trained TV empirical "
+        f"{tv_empirical:.4f}, "
         f"exact {tv_exact:.5f}")
   assert tv_empirical < TV_EMPIRICAL_MAX
   assert tv_exact < TV_EXACT_MAX

@@ -123,9 +123,216 @@ def _policy_on_active(policy_fn: PolicyFn, params, features, cond_features, acti
   return jax.lax.switch(branch, [zeros] + [run(s) for s in sizes], features, cond_features)
 
 
+def _compact_sizes(batch: int, levels: int) -> list[int]:
+  """The static row counts of the compacted sampler: ceil(B k / levels), k = levels .. 1."""
+  return sorted({-(-batch * k // levels) for k in range(1, levels + 1)}, reverse=True)
+
+
+def _gather_rows(tree, rows):
+  return jax.tree.map(lambda x: x[rows], tree)
+
+
+def _sample_compact(key, env: DAGEnv, policy_fn: PolicyFn, params, cond, batch: int, epsilon,
+                    temperature, levels: int, chunk: int):
+  """The compacted sampler (`compact=levels` of `sample_trajectories`); returns the raw outputs.
+
+  Forward: a sequence of `lax.while_loop`s, one per static row count s in
+  `_compact_sizes(batch, levels)` (B, B(levels-1)/levels, ..., B/levels). Loop
+  s steps the s rows it holds (the network runs on s rows) as long as more than
+  the next size's rows are unfinished; then the unfinished rows are gathered
+  into the next, smaller array. Trajectories only finish, so sizes only shrink;
+  the loops run T steps in all. No `switch`, and nothing in it is differentiated.
+
+  Backward (`jax.custom_vjp`): the gradient of the returned log-probs and log-flows
+  with respect to `params` is a sum over the valid (row, step) pairs only. They are
+  listed (N of the B x T slots), cut into chunks of `chunk` rows, and each chunk is
+  one `jax.vjp` of the policy on the states recorded by the forward pass: big
+  matmuls on exactly the visited states, no residual stored per step (the forward
+  activations are recomputed once, chunk by chunk, inside the backward pass).
+  """
+  steps = env.max_length
+  exit_action = env.exit_action
+  nb = env.num_backward_actions
+  sizes = _compact_sizes(batch, levels)
+  i32 = jnp.int32
+
+  def forward(params, key, cond, epsilon, temperature):
+    cond_features = batch_apply(env.cond_features, batch, cond)
+    state0 = batch_apply(env.init, batch, cond)
+    keys = jax.random.split(key, steps)
+
+    def row_step(state, prev_backward, valid, rows, t):
+      """One sampling step of the s rows `rows` (the plain sampler's body on a row subset)."""
+      n = valid.shape[0]
+      cond_c = _gather_rows(cond, rows)
+      cf = cond_features[rows]
+      active = jnp.logical_and(valid, jnp.logical_not(jax.vmap(env.is_terminal)(state)))
+      out = policy_fn(params, batch_apply(env.featurize, n, state, cond_c), cf)
+      fmask = batch_apply(env.forward_mask, n, state, cond_c)
+      fmask = jnp.logical_or(fmask, jnp.logical_not(active)[:, None])
+      logits = out.forward_logits.astype(F32)
+      log_pf_all = masked_log_softmax(logits, fmask)
+      sample_lp = exploration_log_probs(logits, fmask, epsilon, temperature)
+      # jax.random.categorical(keys[t], lp) on all B rows is argmax(gumbel + lp): the
+      # same noise rows as the plain sampler, so both draw the same actions.
+      noise = jax.random.gumbel(keys[t], (batch, env.num_actions), F32)[rows]
+      action = jnp.argmax(noise + sample_lp, axis=-1).astype(i32)
+      action = jnp.where(active, action, exit_action)
+      log_pf = jnp.take_along_axis(log_pf_all, action[:, None], axis=-1)[:, 0]
+      log_pf = jnp.where(active, log_pf, 0.0)
+      bmask = batch_apply(env.backward_mask, n, state, cond_c)
+      if out.backward_logits is not None:
+        log_pb_all = masked_log_softmax(out.backward_logits, bmask)
+        log_pb_in = jnp.take_along_axis(log_pb_all, prev_backward[:, None], axis=-1)[:, 0]
+      else:
+        log_pb_in = -jnp.log(jnp.maximum(jnp.sum(bmask, axis=-1), 1).astype(F32))
+      log_pb_in = jnp.where(active, log_pb_in, 0.0)
+      log_flow = (jnp.where(active, out.log_flow.astype(F32), 0.0) if out.log_flow is not None
+                  else jnp.zeros((n,), F32))
+      child = batch_apply(env.step, n, state, action, cond_c)
+      next_state = jax.tree.map(
+          lambda c, s: jnp.where(active.reshape((n,) + (1,) * (c.ndim - 1)), c, s), child, state)
+      backward = batch_apply(env.backward_action, n, state, action, cond_c).astype(i32)
+      backward = jnp.clip(backward, 0, max(nb - 1, 0))
+      return active, action, log_pf, log_pb_in, log_flow, next_state, backward
+
+    def run_level(size, next_size, carry):
+      def cond_fn(c):
+        return jnp.logical_and(c["t"] < steps, c["live"] > next_size)
+
+      def body(c):
+        t = c["t"]
+        active, action, log_pf, log_pb_in, log_flow, next_state, backward = row_step(
+            c["state"], c["prev"], c["valid"], c["rows"], t)
+        dest = jnp.where(active, c["rows"], batch)  # finished rows write nothing
+        out = dict(c["out"])
+        for name, value in (("action", action), ("active", active), ("log_pf", log_pf),
+                            ("log_pb_in", log_pb_in), ("log_flow", log_flow),
+                            ("prev", c["prev"])):
+          out[name] = out[name].at[dest, t].set(value, mode="drop")
+        out["states"] = jax.tree.map(lambda h, s: h.at[dest, t].set(s, mode="drop"),
+                                     out["states"], c["state"])
+        live = jnp.sum(jnp.logical_and(
+            c["valid"], jnp.logical_not(jax.vmap(env.is_terminal)(next_state))), dtype=i32)
+        return dict(c, t=t + 1, state=next_state, prev=backward, out=out, live=live)
+
+      return jax.lax.while_loop(cond_fn, body, carry)
+
+    def shrink(carry, size):
+      """Writes every held row's state to `final` and keeps the unfinished ones, `size` rows."""
+      rows, valid, state = carry["rows"], carry["valid"], carry["state"]
+      final = jax.tree.map(lambda f, s: f.at[jnp.where(valid, rows, batch)].set(s, mode="drop"),
+                           carry["final"], state)
+      live = jnp.logical_and(valid, jnp.logical_not(jax.vmap(env.is_terminal)(state)))
+      slot = jnp.where(live, jnp.cumsum(live, dtype=i32) - 1, size)
+      src = jnp.zeros((size,), i32).at[slot].set(jnp.arange(live.shape[0], dtype=i32),
+                                                 mode="drop")
+      keep = jnp.arange(size, dtype=i32) < carry["live"]
+      return dict(carry, rows=jnp.where(keep, rows[src], 0), valid=keep,
+                  state=_gather_rows(state, src), prev=carry["prev"][src], final=final)
+
+    zeros_bt = jnp.zeros((batch, steps), F32)
+    out = dict(action=jnp.full((batch, steps), exit_action, i32),
+               active=jnp.zeros((batch, steps), bool), log_pf=zeros_bt, log_pb_in=zeros_bt,
+               log_flow=zeros_bt, prev=jnp.zeros((batch, steps), i32),
+               states=jax.tree.map(lambda s: jnp.zeros((batch, steps) + s.shape[1:], s.dtype),
+                                   state0))
+    carry = dict(t=jnp.zeros((), i32), rows=jnp.arange(batch, dtype=i32),
+                 valid=jnp.ones((batch,), bool), state=state0,
+                 prev=jnp.zeros((batch,), i32), out=out, final=state0,
+                 live=jnp.asarray(batch, i32))
+    for k, size in enumerate(sizes):
+      if k > 0:
+        carry = shrink(carry, size)
+      carry = run_level(size, sizes[k + 1] if k + 1 < len(sizes) else 0, carry)
+    carry = shrink(carry, 1)
+    out = carry["out"]
+    return dict(actions=out["action"], mask=out["active"], log_pf=out["log_pf"],
+                log_pb_in=out["log_pb_in"], log_flow=out["log_flow"],
+                prev_backward=out["prev"], states=out["states"], final_state=carry["final"],
+                cond_features=cond_features)
+
+  def chunk_grads(params, cond, res, g):
+    """d/dparams of sum_(b,t valid) g_pf log_pf + g_pb log_pb_in + g_flow log_flow."""
+    mask = res["mask"]
+    flat = mask.reshape(-1)
+    count = jnp.sum(flat, dtype=i32)
+    ids = jnp.nonzero(flat, size=batch * steps + chunk, fill_value=0)[0].astype(i32)
+    num_chunks = (count + chunk - 1) // chunk
+    cond_features = res["cond_features"]
+
+    def objective(p, k):
+      sl = jax.lax.dynamic_slice(ids, (k * chunk,), (chunk,))
+      ok = k * chunk + jnp.arange(chunk, dtype=i32) < count
+      b, t = sl // steps, sl % steps
+      state = jax.tree.map(lambda h: h[b, t], res["states"])
+      cond_c = _gather_rows(cond, b)
+      out = policy_fn(p, batch_apply(env.featurize, chunk, state, cond_c), cond_features[b])
+      fmask = batch_apply(env.forward_mask, chunk, state, cond_c)
+      log_pf_all = masked_log_softmax(out.forward_logits, fmask)
+      lp = jnp.take_along_axis(log_pf_all, res["actions"][b, t][:, None], axis=-1)[:, 0]
+      total = jnp.sum(jnp.where(ok, g["log_pf"][b, t] * lp, 0.0))
+      if out.backward_logits is not None:
+        bmask = batch_apply(env.backward_mask, chunk, state, cond_c)
+        log_pb_all = masked_log_softmax(out.backward_logits, bmask)
+        lpb = jnp.take_along_axis(log_pb_all, res["prev_backward"][b, t][:, None], axis=-1)[:, 0]
+        total = total + jnp.sum(jnp.where(ok, g["log_pb_in"][b, t] * lpb, 0.0))
+      if out.log_flow is not None:
+        total = total + jnp.sum(jnp.where(ok, g["log_flow"][b, t] * out.log_flow.astype(F32),
+                                          0.0))
+      return total
+
+    def body(k, acc):
+      grads = jax.grad(objective)(params, k)
+      return jax.tree.map(jnp.add, acc, grads)
+
+    zero = jax.tree.map(jnp.zeros_like, params)
+    return jax.lax.fori_loop(0, num_chunks, body, zero)
+
+  @jax.custom_vjp
+  def core(params, key, cond, epsilon, temperature):
+    return forward(params, key, cond, epsilon, temperature)
+
+  def core_fwd(params, key, cond, epsilon, temperature):
+    out = forward(params, key, cond, epsilon, temperature)
+    res = {k: out[k] for k in ("mask", "actions", "prev_backward", "states", "cond_features")}
+    return out, (params, cond, res)
+
+  def core_bwd(saved, g):
+    params, cond, res = saved
+    grads = chunk_grads(params, cond, res, g)
+    return (grads, None, jax.tree.map(lambda c: None, cond), None, None)
+
+  core.defvjp(core_fwd, core_bwd)
+  return core(params, key, cond, jnp.asarray(epsilon, F32), jnp.asarray(temperature, F32))
+
+
+def _assemble(env: DAGEnv, batch: int, cond, cond_features, states, features, actions, mask,
+              log_pf, log_pb_in, log_flow, final_state) -> Trajectories:
+  """Trajectories from the per-step records [B, T, ...] and the terminal states."""
+  steps = env.max_length
+  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+  log_rewards = batch_apply(env.log_reward, batch, final_state, cond).astype(F32)
+  # The exit transition (the last valid step) has P_B = 1; the scan's last step has no successor.
+  log_pb = jnp.concatenate([log_pb_in[:, 1:], jnp.zeros((batch, 1), F32)], axis=1)
+  log_pb = jnp.where(mask, log_pb, 0.0)
+  pos = jnp.arange(steps + 1)[None, :]
+  flows = jnp.concatenate([log_flow, jnp.zeros((batch, 1), F32)], axis=1)
+  log_flows = jnp.where(pos < lengths[:, None], flows,
+                        jnp.where(pos == lengths[:, None], log_rewards[:, None], 0.0))
+  states = jax.tree.map(lambda s, f: jnp.concatenate([s, f[:, None]], axis=1), states, final_state)
+  final_features = batch_apply(env.featurize, batch, final_state, cond)
+  features = jnp.concatenate([features, final_features[:, None]], axis=1)
+  return Trajectories(states=states, features=features, cond=cond, cond_features=cond_features,
+                      actions=actions, mask=mask, log_pf=log_pf, log_pb=log_pb,
+                      log_flows=log_flows, log_rewards=log_rewards, terminal_states=final_state,
+                      lengths=lengths)
+
+
 def sample_trajectories(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params, cond,
                         batch: int, epsilon=0.0, temperature=1.0,
-                        active_buckets: int = 0) -> Trajectories:
+                        active_buckets: int = 0, compact: int = 0,
+                        compact_chunk: int = 0) -> Trajectories:
   """Samples `batch` complete trajectories in one `lax.scan` of `env.max_length` steps.
 
   Args:
@@ -150,12 +357,38 @@ def sample_trajectories(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params
       because storing the residuals of every switch branch costs more than the
       bucketing saves. Not for use under `vmap` (the switch becomes a select that
       runs every bucket). Results equal those of 0 up to float rounding.
+    compact: n > 0 (static; overrides `active_buckets`): the shrinking-batch sampler.
+      The batch is held in static row counts B, B(n-1)/n, ..., B/n (rounded up);
+      whenever at most the next count of rows is unfinished they are gathered into
+      that smaller array, so finished rows cost at most B/n rows per step. Its
+      gradient (`jax.custom_vjp`) evaluates the policy once more, in chunks of
+      `compact_chunk` rows (0: B), on exactly the visited (row, step) pairs and
+      backpropagates through them: no per-step residuals, no switch. Same actions as
+      0 and values up to float rounding. The policy must act row by row (each output
+      row depends on its input row only), as every `PolicyFn` here does. Loops with
+      data-dependent trip counts: under `vmap` they run the longest member's count.
 
   Returns:
     Trajectories (see the class) with T = env.max_length.
   """
   steps = env.max_length
   exit_action = env.exit_action
+  if compact > 0:
+    out = _sample_compact(key, env, policy_fn, params, cond, batch, epsilon, temperature,
+                          compact, compact_chunk if compact_chunk > 0 else batch)
+    final_state = out["final_state"]
+    mask = out["mask"]
+    # Steps past the exit hold the terminal state, as in the plain sampler.
+    states = jax.tree.map(
+        lambda h, f: jnp.where(mask.reshape(mask.shape + (1,) * (h.ndim - 2)), h, f[:, None]),
+        out["states"], final_state)
+    flat = jax.tree.map(lambda s: s.reshape((batch * steps,) + s.shape[2:]), states)
+    flat_cond = jax.tree.map(lambda c: jnp.repeat(c, steps, axis=0), cond)
+    features = batch_apply(env.featurize, batch * steps, flat, flat_cond)
+    features = features.reshape((batch, steps) + features.shape[1:])
+    return _assemble(env, batch, cond, out["cond_features"], states, features, out["actions"],
+                     mask, out["log_pf"], out["log_pb_in"], out["log_flow"], final_state)
+
   cond_features = batch_apply(env.cond_features, batch, cond)
   state0 = batch_apply(env.init, batch, cond)
   nb = env.num_backward_actions
@@ -206,25 +439,8 @@ def sample_trajectories(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params
   init_carry = (state0, jnp.zeros((batch,), jnp.int32))
   (final_state, _), ys = jax.lax.scan(body, init_carry, keys)
   ys = jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # [B, T, ...]
-
-  mask = ys["active"]
-  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-  log_rewards = batch_apply(env.log_reward, batch, final_state, cond).astype(F32)
-  # The exit transition (the last valid step) has P_B = 1; the scan's last step has no successor.
-  log_pb = jnp.concatenate([ys["log_pb_in"][:, 1:], jnp.zeros((batch, 1), F32)], axis=1)
-  log_pb = jnp.where(mask, log_pb, 0.0)
-  pos = jnp.arange(steps + 1)[None, :]
-  flows = jnp.concatenate([ys["log_flow"], jnp.zeros((batch, 1), F32)], axis=1)
-  log_flows = jnp.where(pos < lengths[:, None], flows,
-                        jnp.where(pos == lengths[:, None], log_rewards[:, None], 0.0))
-  states = jax.tree.map(lambda s, f: jnp.concatenate([s, f[:, None]], axis=1),
-                        ys["state"], final_state)
-  final_features = batch_apply(env.featurize, batch, final_state, cond)
-  features = jnp.concatenate([ys["features"], final_features[:, None]], axis=1)
-  return Trajectories(states=states, features=features, cond=cond, cond_features=cond_features,
-                      actions=ys["action"], mask=mask, log_pf=ys["log_pf"], log_pb=log_pb,
-                      log_flows=log_flows, log_rewards=log_rewards, terminal_states=final_state,
-                      lengths=lengths)
+  return _assemble(env, batch, cond, cond_features, ys["state"], ys["features"], ys["action"],
+                   ys["active"], ys["log_pf"], ys["log_pb_in"], ys["log_flow"], final_state)
 
 
 def sample_terminal_states(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params, cond,

@@ -47,6 +47,8 @@ class TrainConfig:
     epsilon, temperature: exploration of the sampling policy.
     lamda: SubTB's lambda.
     active_buckets: see `sample_trajectories`.
+    compact, compact_chunk: the shrinking-batch sampler and its gradient chunk (see
+      `sample_trajectories`); compact > 0 overrides active_buckets.
     cond_fn: `cond_fn(key, batch) -> cond` (leaves [batch, ...]) draws the conditioning
       of each update's trajectories (a module-level function, so the config stays
       hashable); None for an unconditioned environment (cond = ()).
@@ -66,6 +68,8 @@ class TrainConfig:
   lamda: float = 0.9
   active_buckets: int = 0
   cond_fn: Optional[Callable[[jax.Array, int], Any]] = None
+  compact: int = 0
+  compact_chunk: int = 0
 
 
 @struct.dataclass
@@ -119,7 +123,7 @@ def init_train_state(key: jax.Array, env: DAGEnv, model: MLPPolicy, optimizer,
 def make_loss_fn(env: DAGEnv, model: MLPPolicy, loss_name: str, batch: int, epsilon=0.0,
                  temperature=1.0, lamda: float = 0.9,
                  cond_fn: Optional[Callable[[jax.Array, int], Any]] = None,
-                 active_buckets: int = 0):
+                 active_buckets: int = 0, compact: int = 0, compact_chunk: int = 0):
   """`loss_fn(params, key) -> (loss, diagnostics)`: samples a batch with `params`, scores it.
 
   `cond_fn(key, batch)` draws the conditioning (leaves [batch, ...]); None means `()`.
@@ -131,7 +135,7 @@ def make_loss_fn(env: DAGEnv, model: MLPPolicy, loss_name: str, batch: int, epsi
     key_cond, key_sample = jax.random.split(key)
     cond = cond_fn(key_cond, batch) if cond_fn is not None else ()
     traj = sample_trajectories(key_sample, env, model.apply, params, cond, batch, epsilon,
-                               temperature, active_buckets)
+                               temperature, active_buckets, compact, compact_chunk)
     if loss_name == "tb":
       log_z = model.apply(params, traj.cond_features, method=MLPPolicy.log_z)
       return losses.trajectory_balance(traj, log_z)
@@ -148,14 +152,15 @@ def make_loss_fn(env: DAGEnv, model: MLPPolicy, loss_name: str, batch: int, epsi
 def make_train_step(env: DAGEnv, model: MLPPolicy, loss_name: str, optimizer, batch: int,
                     epsilon=0.0, temperature=1.0, lamda: float = 0.9,
                     cond_fn: Optional[Callable[[jax.Array, int], Any]] = None,
-                    active_buckets: int = 0, jit: bool = True):
+                    active_buckets: int = 0, jit: bool = True, compact: int = 0,
+                    compact_chunk: int = 0):
   """`train_step(train_state, key) -> (train_state, metrics)`: sample, loss, one optimizer update.
 
   Metrics are float32 scalars: the loss diagnostics plus `grad_norm`.
   Returned jitted unless `jit=False` (it is pure either way).
   """
   loss_fn = make_loss_fn(env, model, loss_name, batch, epsilon, temperature, lamda, cond_fn,
-                         active_buckets)
+                         active_buckets, compact, compact_chunk)
 
   def train_step(train_state: TrainState, key: jax.Array):
     (_, diagnostics), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params, key)
@@ -184,6 +189,7 @@ def train(key: jax.Array, config: TrainConfig):
   state = init_train_state(key_init, config.env, model, optimizer, cond_example)
   step = make_train_step(config.env, model, config.loss, optimizer, config.batch, config.epsilon,
                          config.temperature, config.lamda, config.cond_fn,
-                         config.active_buckets, jit=False)
+                         config.active_buckets, jit=False, compact=config.compact,
+                         compact_chunk=config.compact_chunk)
   state, metrics = jax.lax.scan(step, state, jax.random.split(key_train, config.num_steps))
   return state.params, metrics
