@@ -93,7 +93,8 @@ class HyperGrid(DAGEnv):
   def step(self, state: GridState, action, cond=()) -> GridState:
     del cond
     is_exit = action == self.exit_action
-    increment = jnp.logical_and(jnp.arange(self.ndim) == action, jnp.logical_not(is_exit))
+    increment = jnp.logical_and(jnp.arange(self.ndim, dtype=jnp.int32) == action,
+                                jnp.logical_not(is_exit))
     return GridState(pos=state.pos + increment.astype(jnp.int32),
                      done=jnp.logical_or(state.done, is_exit))
 
@@ -103,7 +104,7 @@ class HyperGrid(DAGEnv):
 
   def backward_step(self, state: GridState, backward_action, cond=()) -> GridState:
     del cond
-    decrement = (jnp.arange(self.ndim) == backward_action).astype(jnp.int32)
+    decrement = (jnp.arange(self.ndim, dtype=jnp.int32) == backward_action).astype(jnp.int32)
     return GridState(pos=state.pos - decrement, done=jnp.asarray(False))
 
   def forward_action(self, state: GridState, backward_action, cond=()) -> jax.Array:
@@ -128,7 +129,9 @@ class HyperGrid(DAGEnv):
   def featurize(self, state: GridState, cond=()) -> jax.Array:
     """The concatenated one-hot encodings of the D coordinates, float32 [D * H]."""
     del cond
-    return jax.nn.one_hot(state.pos, self.height, dtype=F32).reshape(-1)
+    # int32 comparisons (jax.nn.one_hot would compare in int64 under x64).
+    levels = jnp.arange(self.height, dtype=jnp.int32)
+    return (state.pos.astype(jnp.int32)[:, None] == levels).astype(F32).reshape(-1)
 
   # Enumeration (the grid is small enough to list every state).
 

@@ -85,7 +85,9 @@ def masked_log_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
   any_valid = jnp.any(mask, axis=-1, keepdims=True)
   safe_mask = jnp.logical_or(mask, jnp.logical_not(any_valid))
   out = jax.nn.log_softmax(jnp.where(safe_mask, logits.astype(F32), -jnp.inf), axis=-1)
-  return jnp.where(jnp.logical_and(mask, any_valid), out, jnp.where(any_valid, -jnp.inf, 0.0))
+  # float32 constants: two Python floats would make a float64 select under x64.
+  empty = jnp.where(any_valid, jnp.float32(-jnp.inf), jnp.float32(0.0))
+  return jnp.where(jnp.logical_and(mask, any_valid), out, empty)
 
 
 def _policy_on_active(policy_fn: PolicyFn, params, features, cond_features, active,
