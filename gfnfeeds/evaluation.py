@@ -122,19 +122,21 @@ def build_sessions(env: FeedsEnv, videos: Sequence[Video], catalog: Catalog,
 
 
 def run_sessions(env: FeedsEnv, policy, params: EnvParams, table: SessionTable, seed: int,
-                 batch_size: int = 4096, max_steps: int | None = None, progress=None
-                 ) -> dict[str, np.ndarray]:
+                 batch_size: int = 4096, max_steps: int | None = None, progress=None,
+                 policy_params=()) -> dict[str, np.ndarray]:
   """Runs `policy` on every session; returns per-session metrics as numpy arrays.
 
   Sessions go in batches of `batch_size` (padded to a multiple of the device
   count), sharded over local devices; the policy's keys derive from `seed` and
   the session index, so stochastic policies are reproducible too.
+  `policy_params` (learned weights, replicated on every device) are passed to
+  the compiled program as an argument.
   """
   mesh = session_mesh()
   n_dev = mesh.devices.size
   evaluate = make_session_evaluator(env, policy, max_steps)
-  run = jax.jit(shard_sessions(lambda s, k, p: evaluate(s, k, p)[0], mesh, 2)
-                if n_dev > 1 else (lambda s, k, p: evaluate(s, k, p)[0]))
+  run = jax.jit(shard_sessions(lambda s, k, p, pp: evaluate(s, k, p, pp)[0], mesh, 2)
+                if n_dev > 1 else (lambda s, k, p, pp: evaluate(s, k, p, pp)[0]))
   n = len(table)
   batch = min(batch_size, n)
   batch = -(-batch // n_dev) * n_dev
@@ -145,7 +147,7 @@ def run_sessions(env: FeedsEnv, policy, params: EnvParams, table: SessionTable, 
     stop = min(start + batch, n)
     idx = np.arange(start, start + batch) % n  # pad the last batch by wrapping
     sess = jax.tree.map(lambda x: x[idx], table.sessions)
-    out = run(sess, keys_all[idx], params)
+    out = run(sess, keys_all[idx], params, policy_params)
     chunks.append({k: np.asarray(v)[: stop - start] for k, v in out.items()})
     if progress is not None:
       progress(stop - start)

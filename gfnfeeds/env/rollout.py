@@ -67,7 +67,7 @@ def make_autoreset_rollout(env: FeedsEnv, policy, num_steps: int):
 
 
 def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
-  """Returns `evaluate(sessions, keys[N], params) -> (metrics dict of [N], steps)`.
+  """Returns `evaluate(sessions, keys[N], params, policy_params=()) -> (metrics of [N], steps)`.
 
   Runs each given Session to its end (no auto-reset): a while loop over decision
   steps that stops when every session has ended or after `max_steps`
@@ -76,14 +76,15 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
   """
   limit = env.max_steps if max_steps is None else int(max_steps)
 
-  def evaluate(sessions: Session, keys: jax.Array, params: EnvParams):
+  def evaluate(sessions: Session, keys: jax.Array, params: EnvParams, policy_params=()):
+    bound = policy.bind(policy_params)
     obs, state = jax.vmap(env.reset_to_session, in_axes=(0, None))(sessions, params)
-    pstate = jax.vmap(policy.init, in_axes=(0, None))(obs, params.catalog)
+    pstate = jax.vmap(bound.init, in_axes=(0, None))(obs, params.catalog)
     done = jnp.zeros(keys.shape[:1], bool)
 
     def one_step(key, obs, state, pstate, done):
       k_act, k_step = jax.random.split(key)
-      action, pstate_n = policy.act(k_act, pstate, obs, params.catalog)
+      action, pstate_n = bound.act(k_act, pstate, obs, params.catalog)
       obs_n, state_n, _, terminated, truncated, _ = env.step_env(k_step, state, action, params)
       ended = terminated | truncated | (state_n.steps >= limit)
       keep = done

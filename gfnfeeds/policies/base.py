@@ -34,6 +34,15 @@ class Policy:
           catalog: Catalog) -> tuple[Action, PolicyState]:
     raise NotImplementedError
 
+  def bind(self, policy_params) -> "Policy":
+    """This policy with its learned parameters (a pytree) attached.
+
+    Rollouts call it inside jitted code with parameters passed as arguments, so
+    weights are never closed over. Rule-based policies have none: `()`.
+    """
+    del policy_params
+    return self
+
   @property
   def name(self) -> str:
     return type(self).__name__

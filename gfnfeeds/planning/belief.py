@@ -1,0 +1,297 @@
+"""The belief model and plan scorer: what a plan is worth, seen from the client.
+
+A planner may read the Observation and the Catalog only (SYSTEM.md section 2).
+From them this module builds M belief scenarios of the near future and runs a
+plan of discrete actions through each with FeedsEnv's own `step_env` (one
+implementation of the dynamics, reused, not re-written):
+
+* Bandwidth. The throughput samples in the observation include the RTT; they
+  are converted to net rates (megabits / (delay - RTT)). The harmonic mean of
+  the newest `history` net rates is the centre (robust to a single fast sample,
+  as in RobustMPC); the spread is the standard deviation of the log net rates
+  in the history window, clipped to [min_spread, max_spread]. Scenario m has the
+  constant bandwidth centre * exp(spread * z_m) with z_m the (m + 1/2)/M normal
+  quantile: deterministic strata, so M small still covers pessimistic and
+  optimistic futures. Before any sample: `prior_mbps` and `prior_spread`.
+* Users. Watch durations are drawn from the Catalog's retention curves, the
+  playing video's conditioned on the user still watching at the current play
+  position (inverse CDF of the continuous watch-time law restricted to
+  [position, end]). One draw per scenario, shared by every plan scored against
+  the scenario (common random numbers make plan comparisons low-variance).
+* State. The scenario's session holds the `window` videos of the current queue
+  (virtual ids 0..window-1); buffers, play positions, chunk counters, levels and
+  bytes are copied from the observation. What the observation does not show is
+  approximated and documented: the level of each queued video's first chunk is
+  taken as its last level (the observation gives the last), the level of the
+  previous video's last watched chunk is unknown (no cross-video smoothness
+  term for the playing video's next first chunk), pending waste starts at 0.
+  Slots past the end of the session get watch time 0, so playback swipes
+  through them and the scenario ends like the real session.
+
+A plan is H tokens of the environment's discrete action set, each naming a
+video of the CURRENT window (slot at decision time) and a level, or a sleep.
+When a scenario has swiped past a plan's target video, that token is skipped
+(no time, no cost): it is what a client executing the plan would do, and it
+lets a plan that waits show the value of waiting (its later downloads vanish
+in the futures where the user leaves).
+
+The outcome is the vector of reward components (quality Mbps-s, rebuffering s,
+smoothness Mbps, megabits) averaged over scenarios, so U_w = w . components
+with signs (+, -, -, -): re-scoring for other users is a dot product.
+What the horizon cannot see is one explicit term, `safety_weight` times the
+stall the playing video would still suffer after the plan over the next
+`safety_horizon_ms` of its playback if the client then fetched its chunks in
+order at the lowest level (zero when the buffer covers the rest of its watch
+time or the chunks arrive in time). A plan that builds the playing video's
+buffer lowers it; one that spends the time elsewhere raises it. It is counted
+as rebuffering seconds, so it is weighted by beta like any stall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.scipy.special import ndtri
+
+from gfnfeeds.data.packing import Catalog, World
+from gfnfeeds.env.feeds import (CHUNK_MS, EnvParams, EnvState, FeedsEnv, Observation, Session,
+                                download, sleep)
+from gfnfeeds.env.preferences import fixed_preferences
+
+NUM_COMPONENTS = 4  # quality, rebuffer_s, smoothness, megabits
+COMPONENT_SIGNS = (1.0, -1.0, -1.0, -1.0)
+_FOREVER_S = 1e7  # one trace row long enough for any plan: transmit loops once
+
+
+@dataclasses.dataclass(frozen=True)
+class BeliefConfig:
+  """Settings of the belief model (hashable: part of the controller's static config).
+
+  Attributes:
+    num_scenarios: M, futures each plan is executed in.
+    history: net-rate samples averaged for the bandwidth centre.
+    prior_mbps: bandwidth centre before the first download of a session.
+    prior_spread: log-bandwidth spread before two samples exist.
+    min_spread, max_spread: clip of the measured log-bandwidth spread.
+    rtt_ms: round-trip time the client assumes per chunk request.
+    safety_weight: weight of the beyond-horizon stall term (0 disables it).
+    safety_horizon_ms: playback time of the playing video that term looks ahead.
+  """
+
+  num_scenarios: int = 8
+  history: int = 5
+  prior_mbps: float = 1.5
+  prior_spread: float = 0.5
+  min_spread: float = 0.1
+  max_spread: float = 1.0
+  rtt_ms: float = 80.0
+  safety_weight: float = 1.0
+  safety_horizon_ms: int = 4000
+
+
+@struct.dataclass
+class Belief:
+  """M scenarios of one decision (leaves have a leading [M] axis).
+
+  Attributes:
+    state: EnvState of the planning environment (window videos).
+    world: World with one constant-bandwidth trace.
+    bandwidth_mbps: float64 [M].
+  """
+
+  state: EnvState
+  world: World
+  bandwidth_mbps: jnp.ndarray
+
+
+def planning_env(env: FeedsEnv) -> FeedsEnv:
+  """The environment a plan runs in: the same dynamics over the window's videos only."""
+  return dataclasses.replace(env, num_videos=env.window, max_steps=2**30)
+
+
+def utility(components: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+  """U_w = alpha q - beta r - gamma s - theta mb for components [..., 4] and weights [..., 4]."""
+  signs = jnp.asarray(COMPONENT_SIGNS, components.dtype)
+  return jnp.sum(components * signs * weights.astype(components.dtype), axis=-1)
+
+
+def net_rate_samples(obs: Observation, rtt_ms: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(net Mbps [H], valid [H]) from the observation's throughput and delay history."""
+  hist = obs.tput_history_mbps.shape[-1]
+  valid = jnp.arange(hist) >= hist - obs.history_count
+  megabits = obs.tput_history_mbps * obs.delay_history_ms / 1000.0
+  net_ms = jnp.maximum(obs.delay_history_ms - rtt_ms, 1.0)
+  rate = jnp.where(valid, megabits / net_ms * 1000.0, 1.0)
+  return rate, valid & (rate > 0)
+
+
+def bandwidth_scenarios(obs: Observation, config: BeliefConfig) -> jnp.ndarray:
+  """float64 [M] constant bandwidths (Mbps) of the belief scenarios."""
+  rate, valid = net_rate_samples(obs, config.rtt_ms)
+  hist = rate.shape[-1]
+  recent = valid & (jnp.arange(hist) >= hist - config.history)
+  n_recent = jnp.sum(recent)
+  inv = jnp.sum(jnp.where(recent, 1.0 / rate, 0.0))
+  centre = jnp.where(n_recent > 0, n_recent / jnp.maximum(inv, 1e-12), config.prior_mbps)
+  n = jnp.sum(valid)
+  logs = jnp.where(valid, jnp.log(rate), 0.0)
+  mean = jnp.sum(logs) / jnp.maximum(n, 1)
+  var = jnp.sum(jnp.where(valid, jnp.square(logs - mean), 0.0)) / jnp.maximum(n - 1, 1)
+  spread = jnp.where(n >= 2, jnp.clip(jnp.sqrt(var), config.min_spread, config.max_spread),
+                     config.prior_spread)
+  m = config.num_scenarios
+  z = ndtri((jnp.arange(m, dtype=jnp.float64) + 0.5) / m)
+  return centre * jnp.exp(spread * z)
+
+
+def conditional_watch_ms(u: jnp.ndarray, catalog: Catalog, video: jnp.ndarray,
+                         position_ms: jnp.ndarray) -> jnp.ndarray:
+  """A watch duration (ms) of `video` drawn from its retention law given watch > position_ms.
+
+  The law is the environment's: chunk index k with P(K <= k) = watch_cdf[k], a
+  partial watch uniform inside chunk k, k = N a full watch of N seconds. `u`
+  is one uniform in [0, 1); inverse-CDF sampling on [F(position), 1).
+  """
+  cdf = catalog.watch_cdf[video]
+  n = catalog.num_chunks[video]
+  last = cdf.shape[-1] - 1
+
+  def before(k):  # P(K < k)
+    return jnp.where(k > 0, cdf[jnp.clip(k - 1, 0, last)], 0.0)
+
+  k0 = jnp.clip(position_ms // CHUNK_MS, 0, last)
+  p_k0 = cdf[k0] - before(k0)
+  frac0 = (position_ms - k0 * CHUNK_MS) / CHUNK_MS
+  floor_p = jnp.where(k0 < n, before(k0) + p_k0 * frac0, 1.0)
+  target = floor_p + u * (1.0 - floor_p)
+  k = jnp.minimum(jnp.sum(cdf < target), last)
+  lo = before(k)
+  p_k = cdf[k] - lo
+  frac = jnp.clip((target - lo) / jnp.maximum(p_k, 1e-12), 0.0, 1.0)
+  partial = jnp.floor((k + frac) * CHUNK_MS).astype(jnp.int32)
+  watch = jnp.where(k >= n, n * CHUNK_MS, partial)
+  # Still watching at position_ms: the swipe comes strictly later (or at the end).
+  return jnp.clip(watch, jnp.minimum(position_ms + 1, n * CHUNK_MS), n * CHUNK_MS)
+
+
+def build_belief(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catalog,
+                 config: BeliefConfig) -> Belief:
+  """The M belief scenarios of the decision at `obs` (reads the observation and Catalog only)."""
+  m, w = config.num_scenarios, env.window
+  bandwidth = bandwidth_scenarios(obs, config)
+  valid = obs.slot_valid
+  video = jnp.where(valid, obs.slot_video, 0)
+  u = jax.random.uniform(key, (m, w), jnp.float64)
+  watch = jax.vmap(jax.vmap(conditional_watch_ms, in_axes=(0, None, 0, 0)),
+                   in_axes=(0, None, None, None))(u, catalog, video, obs.play_ms)
+  watch = jnp.where(valid[None, :], watch, 0)
+
+  times = jnp.broadcast_to(jnp.asarray([0.0, _FOREVER_S], jnp.float64), (m, 1, 2))
+  world = World(trace_times=times,
+                trace_mbps=jnp.broadcast_to(bandwidth[:, None, None], (m, 1, 2)),
+                trace_len=jnp.full((m, 1), 2, jnp.int32),
+                watch_bank=jnp.full((m, 1, w), -1, jnp.int32))
+
+  zi = jnp.zeros((), jnp.int32)
+  zf = jnp.zeros((), jnp.float64)
+  f = jnp.asarray(False)
+  last_level = jnp.where(valid, obs.last_level, -1)
+
+  def one(watch_m):
+    session = Session(trace_index=zi, start_row=jnp.ones((), jnp.int32), video_ids=video,
+                      watch_ms=watch_m, weights=obs.weights)
+    return EnvState(
+        session=session, ptr=jnp.ones((), jnp.int32), last_t=zf, play_id=zi,
+        chunk_counter=jnp.where(valid, obs.chunks_downloaded, 0),
+        buffer_ms=jnp.where(valid, obs.buffer_ms, 0), timeline_ms=jnp.where(valid, obs.play_ms, 0),
+        preload_bytes=jnp.where(valid, obs.preload_bytes, 0.0), last_level=last_level,
+        first_level=last_level, last_watched_level=jnp.full((w,), -1, jnp.int32),
+        pending_waste=jnp.zeros((w,), jnp.float64),
+        tput_history_mbps=obs.tput_history_mbps, delay_history_ms=obs.delay_history_ms,
+        history_count=obs.history_count, last_delay_ms=zi, last_rebuf_ms=zi, last_bytes=zf,
+        last_end_of_video=f, last_was_download=f, last_invalid=f,
+        quality=zf, rebuffer_s=zf, smoothness=zf, megabits=zf, qoe=zf, bytes_downloaded=zf,
+        wasted_bytes=zf, downloaded_ms=zi, played_ms=zi, rebuf_ms=zi, wall_ms=zi, dropped_ms=zi,
+        startup_ms=zi, invalid_actions=zi, steps=zi, aborted=f)
+
+  return Belief(state=jax.vmap(one)(watch), world=world, bandwidth_mbps=bandwidth)
+
+
+def _scenario_params(catalog: Catalog, world: World, config: BeliefConfig) -> EnvParams:
+  # The belief bandwidth is already a net rate: payload portion 1, the client's RTT.
+  return EnvParams(catalog=catalog, world=world, preferences=fixed_preferences(),
+                   rtt_ms=config.rtt_ms, payload_portion=1.0, watch_from_bank=False)
+
+
+def run_plan(env: FeedsEnv, state: EnvState, world: World, bandwidth_mbps, plan: jnp.ndarray,
+             catalog: Catalog, config: BeliefConfig) -> tuple[jnp.ndarray, EnvState]:
+  """Executes one plan (int32 [H] tokens, -1 = none) in one scenario.
+
+  Returns (components float64 [4], final state). `env` is the full environment
+  (its discrete action set defines the tokens); the plan runs in
+  `planning_env(env)`.
+  """
+  penv = planning_env(env)
+  params = _scenario_params(catalog, world, config)
+  levels = env.num_levels_hint
+  n_download = env.window * levels
+  sleeps = jnp.asarray(env.sleep_choices_ms, jnp.int32)
+
+  def body(st, token):
+    is_download = (token >= 0) & (token < n_download)
+    slot = token // levels - st.play_id  # window slots move when the user swipes
+    skip = (token < 0) | (is_download & (slot < 0)) | (st.play_id >= penv.num_videos)
+    sleep_ms = sleeps[jnp.clip(token - n_download, 0, sleeps.shape[0] - 1)]
+    action = jax.tree.map(lambda a, b: jnp.where(is_download, a, b),
+                          download(jnp.maximum(slot, 0), token % levels), sleep(sleep_ms))
+    _, nxt, _, _, _, _ = penv.step_env(None, st, action, params)
+    return jax.tree.map(lambda a, b: jnp.where(skip, a, b), st, nxt), None
+
+  final, _ = jax.lax.scan(body, state, plan)
+  safety_s = config.safety_weight * _beyond_horizon_stall_s(penv, final, catalog, bandwidth_mbps,
+                                                            config)
+  components = jnp.stack([final.quality - state.quality,
+                          final.rebuffer_s - state.rebuffer_s + safety_s,
+                          final.smoothness - state.smoothness,
+                          final.megabits - state.megabits])
+  return components, final
+
+
+def _beyond_horizon_stall_s(penv: FeedsEnv, state: EnvState, catalog: Catalog, bandwidth_mbps,
+                            config: BeliefConfig) -> jnp.ndarray:
+  """Stall (s) of the playing video over the next `safety_horizon_ms` of its playback.
+
+  Fluid model: from the end of the plan, the client fetches the playing video's
+  next chunks in order at the lowest level (each costs size / bandwidth + RTT);
+  chunk j is needed when the buffer ahead of it has played out. The stall is
+  the largest lateness over the chunks that start inside the horizon and
+  before the (scenario's) swipe.
+  """
+  head = jnp.minimum(state.play_id, penv.num_videos - 1)
+  video = state.session.video_ids[head]
+  c = state.chunk_counter[head]
+  buf = state.buffer_ms[head]
+  position = state.timeline_ms[head]
+  end_ms = jnp.minimum(state.session.watch_ms[head], position + config.safety_horizon_ms)
+  count = -(-config.safety_horizon_ms // CHUNK_MS) + 1
+  j = c + jnp.arange(count)
+  sizes = catalog.chunk_sizes[video, jnp.minimum(j, catalog.max_chunks - 1), 0]
+  fetch_ms = sizes * 8.0 / 1e6 / bandwidth_mbps * 1000.0 + config.rtt_ms
+  due_ms = buf + jnp.arange(count) * CHUNK_MS  # playback time until chunk j is needed
+  needed = ((j < catalog.num_chunks[video]) & (position + due_ms < end_ms) &
+            (state.play_id < penv.num_videos))
+  lateness = jnp.where(needed, jnp.cumsum(fetch_ms) - due_ms, 0.0)
+  return jnp.maximum(jnp.max(lateness), 0.0) / 1000.0
+
+
+def score_plans(env: FeedsEnv, belief: Belief, plans: jnp.ndarray, catalog: Catalog,
+                config: BeliefConfig) -> jnp.ndarray:
+  """float64 [K, 4]: mean outcome components of each plan (int32 [K, H]) over the scenarios."""
+  def per_scenario(state, world, bw):
+    return jax.vmap(lambda p: run_plan(env, state, world, bw, p, catalog, config)[0])(plans)
+
+  comps = jax.vmap(per_scenario)(belief.state, belief.world, belief.bandwidth_mbps)  # [M, K, 4]
+  return jnp.mean(comps, axis=0)

@@ -1,0 +1,365 @@
+"""The preference-conditioned GFlowNet controller (SYSTEM.md section 6).
+
+Per decision:
+  1. the observation and the user's w become the conditioning of a plan DAG;
+  2. the Flax policy (gfnfeeds.gfn.networks.MLPPolicy) samples K plans of H
+     tokens of the environment's discrete action set (`sample_trajectories`);
+  3. the belief model (gfnfeeds.planning.belief) executes every plan in the same
+     M scenarios with FeedsEnv's own step function, giving outcome components;
+  4. the jitted argmax selector executes the first token of the plan with the
+     highest U_w = w . components. K = 1 is the single-candidate (SC) variant:
+     the sample is executed, nothing is scored.
+With `condition="mmgc"` (the fixed-preference variant) steps 1-4 use the MMGC
+weights whatever the user's are; the environment still scores the user's w.
+
+The plan DAG is the prefix tree of the plan: every state has one parent, so
+P_B = 1 and TB, DB, SubTB and FM all apply. After H tokens only the exit is
+allowed (fixed-length plans). A download token is valid while the video has
+chunks left after the downloads already in the plan; sleeps are always valid;
+at the first token this is exactly the observation's action mask.
+
+The controller is a frozen dataclass (static: hashable, a jit static argument)
+holding only settings; the network weights are bound with `bind(params)` inside
+jitted code, so they are passed as arguments, never closed over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from gfnfeeds.data.packing import Catalog
+from gfnfeeds.env.feeds import CHUNK_MS, FeedsEnv, Observation
+from gfnfeeds.env.preferences import MMGC_WEIGHTS, WEIGHT_HIGH
+from gfnfeeds.gfn.dag import DAGEnv
+from gfnfeeds.gfn.networks import MLPPolicy
+from gfnfeeds.gfn.sampling import Trajectories, sample_trajectories
+from gfnfeeds.planning import belief as belief_lib
+from gfnfeeds.policies.base import Policy
+
+F32 = jnp.float32
+CONDITIONS = ("user", "mmgc")
+
+
+@struct.dataclass
+class PlanState:
+  """tokens: int32 [H] (-1 = not chosen yet); length: int32; planned: int32 [W] downloads
+  per window slot so far; done: bool (exited)."""
+
+  tokens: jax.Array
+  length: jax.Array
+  planned: jax.Array
+  done: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanDAG(DAGEnv):
+  """Plans of `horizon` tokens over a discrete action set of `window` x `levels` downloads
+  and `num_sleeps` sleeps, conditioned on cond = {"features": float32 [F], "remaining":
+  int32 [W] chunks left per window slot (0 for empty slots)}.
+
+  The plan's reward needs the Catalog and the belief scenarios that all candidates
+  of a decision share, so it is computed for the whole batch by `score_candidates`
+  and attached with `gfnfeeds.gfn.replay.with_log_rewards`; `log_reward` here is
+  the neutral log R = 0.
+  """
+
+  horizon: int = 3
+  window: int = 5
+  levels: int = 3
+  num_sleeps: int = 1
+  cond_dim: int = 0
+
+  @property
+  def num_tokens(self) -> int:
+    return self.window * self.levels + self.num_sleeps
+
+  @property
+  def max_length(self) -> int:
+    return self.horizon + 1
+
+  @property
+  def num_actions(self) -> int:
+    return self.num_tokens + 1
+
+  @property
+  def num_backward_actions(self) -> int:
+    return 1
+
+  @property
+  def feature_dim(self) -> int:
+    return self.horizon * self.num_tokens + self.horizon + 1
+
+  def init(self, cond):
+    return PlanState(tokens=jnp.full((self.horizon,), -1, jnp.int32),
+                     length=jnp.zeros((), jnp.int32),
+                     planned=jnp.zeros((self.window,), jnp.int32), done=jnp.asarray(False))
+
+  def forward_mask(self, state, cond):
+    left = cond["remaining"] - state.planned > 0
+    tokens = jnp.concatenate([jnp.repeat(left, self.levels), jnp.ones((self.num_sleeps,), bool)])
+    open_ = state.length < self.horizon
+    return jnp.concatenate([jnp.logical_and(tokens, open_), jnp.logical_not(open_)[None]])
+
+  def backward_mask(self, state, cond):
+    return (state.length > 0)[None]
+
+  def step(self, state, action, cond):
+    is_exit = action == self.exit_action
+    is_download = action < self.window * self.levels
+    slot = action // self.levels
+    hit = (jnp.arange(self.window) == slot) & is_download & ~is_exit
+    at = jnp.arange(self.horizon) == state.length
+    tokens = jnp.where(at & ~is_exit, action, state.tokens)
+    return PlanState(tokens=tokens, length=state.length + (~is_exit).astype(jnp.int32),
+                     planned=state.planned + hit.astype(jnp.int32), done=is_exit)
+
+  def backward_action(self, state, action, cond):
+    return jnp.zeros((), jnp.int32)
+
+  def is_terminal(self, state):
+    return state.done
+
+  def log_reward(self, state, cond):
+    return jnp.zeros((), F32)
+
+  def featurize(self, state, cond):
+    onehot = jax.nn.one_hot(state.tokens, self.num_tokens, dtype=F32)  # -1 -> zeros
+    return jnp.concatenate([onehot.reshape(-1), jax.nn.one_hot(state.length, self.horizon + 1,
+                                                                dtype=F32)])
+
+  def cond_features(self, cond):
+    return cond["features"].astype(F32)
+
+  def backward_step(self, state, backward_action, cond):
+    last = state.length - 1
+    token = state.tokens[jnp.maximum(last, 0)]
+    is_download = token < self.window * self.levels
+    hit = (jnp.arange(self.window) == token // self.levels) & is_download
+    return PlanState(tokens=jnp.where(jnp.arange(self.horizon) == last, -1, state.tokens),
+                     length=last, planned=state.planned - hit.astype(jnp.int32),
+                     done=jnp.asarray(False))
+
+  def forward_action(self, state, backward_action, cond):
+    return state.tokens[jnp.maximum(state.length - 1, 0)]
+
+
+# ----------------------------------------------------------------- features
+WEIGHT_SCALE = WEIGHT_HIGH  # w / upper bound of the sampler's range: inputs in [0, 1]
+
+
+def weight_features(weights) -> jax.Array:
+  """float32 [4]: the preference vector, scaled to about [0, 1]."""
+  return (jnp.asarray(weights, jnp.float64) / jnp.asarray(WEIGHT_SCALE)).astype(F32)
+
+
+def observation_features(obs: Observation, catalog: Catalog,
+                         config: belief_lib.BeliefConfig) -> jax.Array:
+  """float32 [F]: the network's view of one observation (w excluded; see `weight_features`).
+
+  Per window slot: validity, buffer and play position (s), downloaded fraction,
+  chunks left, last level (one-hot with "none"), next chunk megabits per level,
+  and the retention-derived chances that the user watches the next three chunks
+  given the current position. Global: log belief bandwidth centre and spread,
+  history fill, last stall, first step.
+  """
+  valid = obs.slot_valid
+  vf = valid.astype(jnp.float64)
+  video = jnp.where(valid, obs.slot_video, 0)
+  counter = obs.chunks_downloaded
+  n = jnp.maximum(obs.num_chunks, 1)
+  ret = catalog.retention[video]  # [W, C+1]
+  last = ret.shape[-1] - 1
+  k0 = jnp.clip(obs.play_ms // CHUNK_MS, 0, last)
+  base = jnp.maximum(jnp.take_along_axis(ret, k0[:, None], axis=1)[:, 0], 1e-6)
+
+  def chance(offset):  # P(watch reaches chunk counter + offset | reached the position)
+    k = jnp.clip(counter + offset, 0, last)
+    return jnp.clip(jnp.take_along_axis(ret, k[:, None], axis=1)[:, 0] / base, 0.0, 1.0)
+
+  levels = catalog.num_levels
+  per_slot = jnp.concatenate([
+      vf[:, None],
+      (jnp.minimum(obs.buffer_ms, 30_000) / 10_000.0)[:, None],
+      (jnp.minimum(obs.play_ms, 120_000) / 30_000.0)[:, None],
+      (counter / n)[:, None],
+      (jnp.minimum(obs.num_chunks - counter, 60) / 20.0)[:, None],
+      jax.nn.one_hot(obs.last_level + 1, levels + 1, dtype=jnp.float64),
+      obs.next_chunk_bytes * 8.0 / 1e6 / 2.0,
+      jnp.stack([chance(0), chance(1), chance(2)], axis=-1),
+  ], axis=-1) * vf[:, None]
+  bandwidth = belief_lib.bandwidth_scenarios(obs, config)
+  m = bandwidth.shape[0]
+  centre = jnp.sqrt(bandwidth[0] * bandwidth[m - 1]) if m > 1 else bandwidth[0]
+  spread = jnp.log(bandwidth[m - 1] / bandwidth[0]) / 4.0 if m > 1 else jnp.zeros(())
+  glob = jnp.stack([
+      jnp.log(jnp.maximum(centre, 1e-3)) / 2.0, spread,
+      obs.history_count / obs.tput_history_mbps.shape[-1],
+      jnp.minimum(obs.last_rebuf_ms, 5000) / 1000.0,
+      obs.first_step.astype(jnp.float64),
+      jnp.sum(vf) / vf.shape[0],
+  ])
+  return jnp.concatenate([per_slot.reshape(-1), glob]).astype(F32)
+
+
+def observation_feature_dim(env: FeedsEnv) -> int:
+  levels = env.num_levels_hint
+  return env.window * (4 + 1 + (levels + 1) + levels + 3) + 6
+
+
+def remaining_chunks(obs: Observation) -> jax.Array:
+  """int32 [W]: chunks left to download per window slot (0 for empty slots)."""
+  return jnp.where(obs.slot_valid, obs.num_chunks - obs.chunks_downloaded, 0).astype(jnp.int32)
+
+
+def plan_cond(obs_features, weights, remaining) -> dict:
+  """The plan DAG's conditioning of one decision."""
+  return {"features": jnp.concatenate([obs_features, weight_features(weights)]),
+          "remaining": remaining}
+
+
+# ----------------------------------------------------------------- the controller
+@struct.dataclass
+class Decision:
+  """Everything one decision produced (for training and diagnostics).
+
+  Attributes:
+    action_index: int32, the executed discrete action.
+    plans: int32 [K, H] candidate plans (tokens).
+    components: float64 [K, 4] belief outcome components (zeros when K = 1).
+    utilities: float64 [K] U_w of the candidates under the selection weights.
+    best: int32, index of the executed candidate.
+    obs_features: float32 [F]; remaining: int32 [W]; weights: float64 [4] used to
+      condition and select.
+  """
+
+  action_index: jax.Array
+  plans: jax.Array
+  components: jax.Array
+  utilities: jax.Array
+  best: jax.Array
+  obs_features: jax.Array
+  remaining: jax.Array
+  weights: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GFNController(Policy):
+  """GFlowNet plan sampler + belief scorer + argmax selector.
+
+  Attributes:
+    env: the FeedsEnv whose discrete action set the plans use.
+    horizon: H, decisions per plan.
+    num_candidates: K (1 = single candidate, no selection).
+    belief: the belief model's settings (M = belief.num_scenarios).
+    hidden: MLP trunk widths.
+    flow_head: the network has a log F head (DB, SubTB, FM checkpoints).
+    condition: "user" (the user's w) or "mmgc" (fixed MMGC weights).
+    epsilon, temperature: exploration of the plan sampler (0 and 1 when serving).
+    network_params: the Flax parameters (bound with `bind`; not part of the hash).
+  """
+
+  env: FeedsEnv = FeedsEnv()
+  horizon: int = 3
+  num_candidates: int = 10
+  belief: belief_lib.BeliefConfig = belief_lib.BeliefConfig()
+  hidden: tuple[int, ...] = (256, 256)
+  flow_head: bool = False
+  condition: str = "user"
+  epsilon: float = 0.0
+  temperature: float = 1.0
+  network_params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+  def __post_init__(self):
+    if self.condition not in CONDITIONS:
+      raise ValueError(f"GFNController: condition must be one of {CONDITIONS}, "
+                       f"got {self.condition!r}")
+    if self.horizon < 1 or self.num_candidates < 1:
+      raise ValueError(f"GFNController: horizon and num_candidates must be >= 1, got "
+                       f"{self.horizon} and {self.num_candidates}")
+
+  # ------------------------------------------------------------- pieces
+  @property
+  def dag(self) -> PlanDAG:
+    return PlanDAG(horizon=self.horizon, window=self.env.window, levels=self.env.num_levels_hint,
+                   num_sleeps=len(self.env.sleep_choices_ms),
+                   cond_dim=observation_feature_dim(self.env) + 4)
+
+  @property
+  def model(self) -> MLPPolicy:
+    return MLPPolicy(num_actions=self.dag.num_actions, num_backward_actions=0,
+                     hidden=tuple(self.hidden), flow_head=self.flow_head)
+
+  def init_params(self, key: jax.Array):
+    """Fresh network parameters (every head, log Z included)."""
+    dag = self.dag
+    features = jnp.zeros((1, dag.feature_dim), F32)
+    cond_features = jnp.zeros((1, dag.cond_dim), F32)
+    return self.model.init(key, features, cond_features, method=MLPPolicy.init_all)
+
+  def bind(self, network_params) -> "GFNController":
+    return dataclasses.replace(self, network_params=network_params)
+
+  def selection_weights(self, obs: Observation) -> jax.Array:
+    if self.condition == "mmgc":
+      return jnp.asarray(MMGC_WEIGHTS, jnp.float64)
+    return jnp.asarray(obs.weights, jnp.float64)
+
+  def sample_plans(self, key: jax.Array, params, obs_features, weights, remaining,
+                   num: Optional[int] = None) -> Trajectories:
+    """`num` (default K) plan trajectories for one decision."""
+    num = self.num_candidates if num is None else num
+    cond = plan_cond(obs_features, weights, remaining)
+    cond = jax.tree.map(lambda c: jnp.broadcast_to(c, (num,) + c.shape), cond)
+    return sample_trajectories(key, self.dag, self.model.apply, params, cond, num,
+                               self.epsilon, self.temperature)
+
+  def decide(self, key: jax.Array, params, obs: Observation, catalog: Catalog,
+             weights: Optional[jax.Array] = None) -> Decision:
+    """One decision for one session: sample K plans, score them, pick the best."""
+    k_plan, k_belief = jax.random.split(key)
+    weights = self.selection_weights(obs) if weights is None else weights
+    feats = observation_features(obs, catalog, self.belief)
+    remaining = remaining_chunks(obs)
+    traj = self.sample_plans(k_plan, params, feats, weights, remaining)
+    plans = traj.actions[:, :self.horizon]
+    if self.num_candidates == 1:
+      components = jnp.zeros((1, belief_lib.NUM_COMPONENTS), jnp.float64)
+      utilities = jnp.zeros((1,), jnp.float64)
+      best = jnp.zeros((), jnp.int32)
+    else:
+      bel = belief_lib.build_belief(k_belief, self.env, obs, catalog, self.belief)
+      components = belief_lib.score_plans(self.env, bel, plans, catalog, self.belief)
+      utilities = belief_lib.utility(components, weights)
+      best = jnp.argmax(utilities).astype(jnp.int32)
+    return Decision(action_index=plans[best, 0], plans=plans, components=components,
+                    utilities=utilities, best=best, obs_features=feats, remaining=remaining,
+                    weights=weights)
+
+  # ------------------------------------------------------------- Policy interface
+  def act(self, key, policy_state, obs, catalog):
+    if self.network_params is None:
+      raise ValueError("GFNController.act: no network parameters; use controller.bind(params)")
+    decision = self.decide(key, self.network_params, obs, catalog)
+    return self.env.action_from_index(decision.action_index), policy_state
+
+
+def make_server(controller: GFNController):
+  """A jitted `serve(params, key, obs, weights, catalog) -> int32 [N] action indices`.
+
+  `obs` and `weights` have a leading session axis N; `weights` replaces the
+  observation's w (the user's preferences as the serving system knows them).
+  """
+  def one(params, key, obs, weights, catalog):
+    obs = obs.replace(weights=jnp.asarray(weights, jnp.float64))
+    return controller.decide(key, params, obs, catalog).action_index
+
+  def serve(params, key, obs, weights, catalog):
+    keys = jax.random.split(key, weights.shape[0])
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, None))(params, keys, obs, weights, catalog)
+
+  return jax.jit(serve)

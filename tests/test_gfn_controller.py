@@ -1,0 +1,258 @@
+"""The feeds GFlowNet controller: plan DAG, replay, belief model, selector, serving."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gfnfeeds.data.datasets import load_network_arg, load_videos_arg
+from gfnfeeds.data.packing import World, pack_catalog, pack_world
+from gfnfeeds.env.feeds import FeedsEnv, Session
+from gfnfeeds.env.preferences import MMGC_WEIGHTS, archetype_preferences
+from gfnfeeds.gfn.hypergrid import HyperGrid
+from gfnfeeds.gfn.networks import MLPPolicy
+from gfnfeeds.gfn.replay import replay_trajectories, with_log_rewards
+from gfnfeeds.gfn.sampling import sample_trajectories
+from gfnfeeds.planning import belief as belief_lib
+from gfnfeeds.policies.gfn import (GFNController, PlanDAG, make_server, observation_features,
+                                   observation_feature_dim)
+
+ENV = FeedsEnv()
+
+
+@pytest.fixture(scope="module")
+def default_data():
+  traces, _ = load_network_arg("default")
+  videos, ladder = load_videos_arg("default")
+  catalog = pack_catalog(videos, ladder)
+  params = ENV.make_params(catalog, pack_world(traces), archetype_preferences())
+  return catalog, params
+
+
+def small_controller(**kw) -> GFNController:
+  base = dict(env=ENV, horizon=2, num_candidates=4, hidden=(16,),
+              belief=belief_lib.BeliefConfig(num_scenarios=3))
+  base.update(kw)
+  return GFNController(**base)
+
+
+def advance(params, key, steps=5):
+  """An observation a few decisions into a session (download the playing video at level 1)."""
+  obs, state = ENV.reset(key, params)
+  for _ in range(steps):
+    obs, state, *_ = ENV.step(key, state, jnp.asarray(1), params)
+  return obs, state
+
+
+# ----------------------------------------------------------------- plan DAG
+def test_plan_dag_masks_follow_remaining_chunks_and_horizon(default_data):
+  catalog, params = default_data
+  ctrl = small_controller(horizon=3)
+  dag = ctrl.dag
+  obs, _ = advance(params, jax.random.PRNGKey(0))
+  remaining = jnp.asarray([1, 0, 2, 5, 0], jnp.int32)
+  cond = {"features": jnp.zeros((dag.cond_dim,)), "remaining": remaining}
+  s = dag.init(cond)
+  m0 = np.asarray(dag.forward_mask(s, cond))
+  assert m0.shape == (ENV.num_actions + 1,) and not m0[-1]
+  assert list(m0[:15].reshape(5, 3).all(axis=1)) == [True, False, True, True, False]
+  assert m0[15]  # the sleep
+  s = dag.step(s, jnp.asarray(0), cond)  # the only chunk left of slot 0
+  m1 = np.asarray(dag.forward_mask(s, cond))
+  assert not m1[:3].any() and m1[6:9].all()
+  s = dag.step(dag.step(s, jnp.asarray(15), cond), jnp.asarray(7), cond)
+  m3 = np.asarray(dag.forward_mask(s, cond))
+  assert m3[-1] and m3.sum() == 1  # after H tokens only the exit
+  assert list(np.asarray(s.tokens)) == [0, 15, 7]
+  parent = dag.backward_step(s, jnp.asarray(0), cond)
+  assert int(parent.length) == 2 and list(np.asarray(parent.planned)) == [1, 0, 0, 0, 0]
+  assert int(dag.forward_action(s, jnp.asarray(0), cond)) == 7
+  # At the first token the DAG's mask is the observation's action mask.
+  obs_cond = {"features": jnp.zeros((dag.cond_dim,)),
+              "remaining": jnp.where(obs.slot_valid, obs.num_chunks - obs.chunks_downloaded, 0)}
+  np.testing.assert_array_equal(np.asarray(dag.forward_mask(dag.init(obs_cond), obs_cond))[:-1],
+                                np.asarray(obs.action_mask))
+
+
+@pytest.mark.parametrize("env_name", ["hypergrid", "plan"])
+def test_replay_equals_sampling(env_name, default_data):
+  key = jax.random.PRNGKey(3)
+  if env_name == "hypergrid":
+    env, cond, batch = HyperGrid(ndim=2, height=4), (), 16
+    model = MLPPolicy(num_actions=env.num_actions, num_backward_actions=env.num_backward_actions,
+                      hidden=(16,), flow_head=True)
+    params = model.init(key, jnp.zeros((1, env.feature_dim)), jnp.zeros((1, 0)),
+                        method=MLPPolicy.init_all)
+  else:
+    ctrl = small_controller(flow_head=True)
+    env, model, batch = ctrl.dag, ctrl.model, 8
+    params = ctrl.init_params(key)
+    cond = {"features": jax.random.normal(key, (batch, env.cond_dim)),
+            "remaining": jnp.tile(jnp.asarray([3, 1, 0, 2, 2], jnp.int32), (batch, 1))}
+  traj = sample_trajectories(jax.random.PRNGKey(4), env, model.apply, params, cond, batch,
+                             epsilon=0.3)
+  again = replay_trajectories(env, model.apply, params, cond, traj.actions, traj.log_rewards)
+  for field in ("mask", "lengths", "actions"):
+    np.testing.assert_array_equal(getattr(again, field), getattr(traj, field))
+  for field in ("log_pf", "log_pb", "log_flows", "log_rewards"):
+    np.testing.assert_allclose(getattr(again, field), getattr(traj, field), atol=1e-5)
+  relabelled = with_log_rewards(traj, jnp.full((batch,), 2.5))
+  pos = np.arange(traj.log_flows.shape[1])[None, :] == np.asarray(traj.lengths)[:, None]
+  assert np.all(np.asarray(relabelled.log_flows)[pos] == 2.5)
+  np.testing.assert_array_equal(np.asarray(relabelled.log_flows)[~pos],
+                                np.asarray(traj.log_flows)[~pos])
+
+
+# ----------------------------------------------------------------- belief model
+def test_conditional_watch_law(default_data):
+  catalog, _ = default_data
+  video, position = jnp.asarray(3), jnp.asarray(2500)
+  u = jax.random.uniform(jax.random.PRNGKey(0), (40_000,), jnp.float64)
+  watch = np.asarray(jax.vmap(belief_lib.conditional_watch_ms, in_axes=(0, None, None, None))(
+      u, catalog, video, position))
+  n = int(catalog.num_chunks[3])
+  assert watch.min() > 2500 and watch.max() <= n * 1000
+  # P(watch reaches chunk k | still watching at 2.5 s) = r(k) / P(W > 2.5 s).
+  ret = np.asarray(catalog.retention[3])
+  cdf = np.asarray(catalog.watch_cdf[3])
+  p_after = 1.0 - (cdf[1] + (cdf[2] - cdf[1]) * 0.5)
+  for k in (3, 5, 8):
+    np.testing.assert_allclose(np.mean(watch >= k * 1000), ret[k] / p_after, atol=0.01)
+
+
+def _constant_world(mbps: float, videos: int) -> World:
+  return World(trace_times=jnp.asarray([[0.0, 1e7]]), trace_mbps=jnp.asarray([[mbps, mbps]]),
+               trace_len=jnp.asarray([2], jnp.int32),
+               watch_bank=jnp.full((1, videos), -1, jnp.int32))
+
+
+def test_plan_scorer_reuses_the_environment_dynamics(default_data):
+  """A plan scored in a scenario that IS the truth gives the environment's own outcome."""
+  catalog, _ = default_data
+  env = FeedsEnv(num_videos=5)
+  watch = jnp.asarray([2600, 9000, 400, 15000, 3000], jnp.int32)
+  session = Session(trace_index=jnp.asarray(0, jnp.int32), start_row=jnp.asarray(1, jnp.int32),
+                    video_ids=jnp.arange(5, dtype=jnp.int32), watch_ms=watch,
+                    weights=jnp.asarray(MMGC_WEIGHTS))
+  params = env.make_params(catalog, _constant_world(1.7, 5), payload_portion=1.0)
+  obs, state = env.reset_to_session(session, params)
+  for a in (1, 1, 4, 1):  # same level everywhere: the unobserved levels do not matter
+    obs, state, *_ = env.step_env(None, state, jnp.asarray(a), params)
+  plan = jnp.asarray([1, 15, 1, 7, 4], jnp.int32)  # the user swipes video 0 during the plan
+  config = belief_lib.BeliefConfig(num_scenarios=1, safety_weight=0.0)
+  bel = belief_lib.build_belief(jax.random.PRNGKey(0), env, obs, catalog, config)
+  truth_state = jax.tree.map(lambda x: x[0], bel.state)
+  truth_state = truth_state.replace(session=truth_state.session.replace(watch_ms=watch))
+  comps, _ = belief_lib.run_plan(env, truth_state, jax.tree.map(lambda x: x[0], bel.world),
+                                 bel.bandwidth_mbps[0], plan, catalog, config)
+  # The same plan in the true environment (bandwidth 1.7 Mbps there and in the scenario).
+  truth_world = jax.tree.map(lambda x: x[0], bel.world)
+  truth_world = truth_world.replace(trace_mbps=jnp.full_like(truth_world.trace_mbps, 1.7))
+  comps_true_bw, _ = belief_lib.run_plan(env, truth_state, truth_world, 1.7, plan, catalog,
+                                         config)
+  total = np.zeros(4)
+  start = int(state.play_id)
+  for token in np.asarray(plan):
+    slot = token // 3 - (int(state.play_id) - start) if token < 15 else 0
+    if token < 15 and slot < 0:
+      continue  # swiped past: the scorer skips it, so does the client
+    action = slot * 3 + token % 3 if token < 15 else token
+    obs, state, _, _, _, info = env.step_env(None, state, jnp.asarray(action), params)
+    total += [float(info[k]) for k in ("quality", "rebuffer_s", "smoothness", "megabits")]
+  np.testing.assert_allclose(np.asarray(comps_true_bw), total, atol=1e-9)
+  assert int(state.play_id) > start  # the plan did cross a swipe
+  assert np.all(np.isfinite(np.asarray(comps)))
+
+
+def test_decisions_never_read_the_hidden_future(default_data):
+  """Changing the trace after the cursor changes no decision until the cursor gets there."""
+  catalog, params = default_data
+  ctrl = small_controller()
+  p = ctrl.init_params(jax.random.PRNGKey(1))
+  world = params.world
+  obs, state = ENV.reset(jax.random.PRNGKey(5), params)
+  row = int(state.ptr) + 6
+  future = world.trace_mbps.at[:, row:].multiply(3.0)
+  params_b = params.replace(world=world.replace(trace_mbps=future))
+  state_b = state
+
+  @jax.jit
+  def step(key, state, params):
+    o = ENV.get_obs(state, params)
+    d = ctrl.decide(key, p, o, catalog)
+    _, nxt, *_ = ENV.step_env(key, state, d.action_index, params)
+    return d, nxt
+
+  revealed = False
+  for t in range(25):
+    key = jax.random.PRNGKey(100 + t)
+    da, state = step(key, state, params)
+    db, state_b = step(key, state_b, params_b)
+    if not revealed:
+      assert int(da.action_index) == int(db.action_index)
+      np.testing.assert_array_equal(np.asarray(da.plans), np.asarray(db.plans))
+      np.testing.assert_array_equal(np.asarray(da.components), np.asarray(db.components))
+    revealed = revealed or int(state.ptr) >= row
+  assert revealed  # the test did reach the changed future
+
+
+# ----------------------------------------------------------------- selector and serving
+def test_selector_executes_first_token_of_best_plan(default_data):
+  catalog, params = default_data
+  obs, _ = advance(params, jax.random.PRNGKey(2))
+  for cond in ("user", "mmgc"):
+    ctrl = small_controller(condition=cond, num_candidates=6)
+    p = ctrl.init_params(jax.random.PRNGKey(0))
+    d = jax.jit(ctrl.decide)(jax.random.PRNGKey(7), p, obs, catalog)
+    u = np.asarray(d.utilities)
+    assert int(d.best) == int(np.argmax(u))
+    assert int(d.action_index) == int(np.asarray(d.plans)[np.argmax(u), 0])
+    expected_w = np.asarray(MMGC_WEIGHTS) if cond == "mmgc" else np.asarray(obs.weights)
+    np.testing.assert_allclose(np.asarray(d.weights), expected_w)
+    np.testing.assert_allclose(u, np.asarray(belief_lib.utility(d.components, d.weights)))
+    assert bool(obs.action_mask[int(d.action_index)])
+  single = small_controller(num_candidates=1)
+  d1 = single.decide(jax.random.PRNGKey(7), single.init_params(jax.random.PRNGKey(0)), obs,
+                     catalog)
+  assert d1.plans.shape == (1, 2) and int(d1.action_index) == int(d1.plans[0, 0])
+
+
+def test_server_batches_equal_single_decisions_and_do_not_retrace(default_data):
+  catalog, params = default_data
+  ctrl = small_controller()
+  p = ctrl.init_params(jax.random.PRNGKey(0))
+  obs, _ = jax.vmap(ENV.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(3), 4),
+                                                  params)
+  weights = jax.vmap(params.preferences.sample)(jax.random.split(jax.random.PRNGKey(4), 4))
+  serve = make_server(ctrl)
+  key = jax.random.PRNGKey(9)
+  batch = np.asarray(serve(p, key, obs, weights, catalog))
+  keys = jax.random.split(key, 4)
+  for i in range(4):
+    o = jax.tree.map(lambda x: x[i], obs).replace(weights=weights[i])
+    assert int(ctrl.decide(keys[i], p, o, catalog).action_index) == batch[i]
+  # Other keys, weights and a data set of the same shapes reuse the compiled program.
+  other = catalog.replace(chunk_sizes=catalog.chunk_sizes * 1.5)
+  serve(p, jax.random.PRNGKey(10), obs, weights[::-1], other)
+  assert serve._cache_size() == 1
+
+
+def test_observation_features_are_finite_and_sized(default_data):
+  catalog, params = default_data
+  obs, _ = advance(params, jax.random.PRNGKey(6), steps=12)
+  f = observation_features(obs, catalog, belief_lib.BeliefConfig())
+  assert f.shape == (observation_feature_dim(ENV),) and f.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(f))) and np.max(np.abs(np.asarray(f))) < 20
+
+
+def test_bad_controller_settings_fail_clearly():
+  with pytest.raises(ValueError, match="condition"):
+    small_controller(condition="everyone")
+  with pytest.raises(ValueError, match="num_candidates"):
+    small_controller(num_candidates=0)
+  with pytest.raises(ValueError, match="bind"):
+    small_controller().act(jax.random.PRNGKey(0), (), None, None)
