@@ -10,10 +10,12 @@ batch --batch, Adam (network --lr, log Z --log_z_lr), on-policy (no exploration)
 gfnfeeds: from a fresh init, --warmup untimed steps, then --repeats x (one
 block of --block steps fused in a `lax.scan`, one jitted call; one block of
 --block sequential jitted `make_train_step` calls), training carried on
-throughout; ms/iteration = median block / --block, compile time separate. Both
-`active_buckets=0` and `active_buckets=--active_buckets` are measured; the
+throughout; ms/iteration = median block / --block, compile time separate. The
+modes `active_buckets=0` (plain), `active_buckets=--active_buckets` and the
+shrinking-batch sampler `compact=--compact` are measured (0 skips a mode); the
 fastest (mode, fused/sequential) is the reported `ms_per_iter`, the rest stays
-in the JSON.
+in the JSON, with the 1-minute load average before and after each timing (the
+machine may be shared).
 
 torchgfn (2.4.1, optional `torch` extra): its own `HyperGrid` env (original
 reward, same R0/R1/R2), `KHotPreprocessor` (the same one-hot-per-coordinate
@@ -92,6 +94,14 @@ def parse_grid(text: str) -> tuple[int, int]:
   return int(ndim), int(height)
 
 
+def _load() -> float | None:
+  """The 1-minute load average (another process on a shared machine shows here), if known."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
 def _median_ms(times: list[float], block: int) -> float:
   return 1e3 * float(np.median(times)) / block
 
@@ -158,6 +168,7 @@ def time_jax(ndim: int, height: int, setup: Setup, active_buckets: int, warmup: 
   """
   tb = JaxTB(ndim, height, setup, active_buckets, compact)
   compile_s = tb.compile_s(block)
+  load_before = _load()
   tb.run_sequential(warmup)
   fused, seq, last = [], [], None
   for _ in range(repeats):
@@ -171,6 +182,7 @@ def time_jax(ndim: int, height: int, setup: Setup, active_buckets: int, warmup: 
           "compact": compact, "ms_per_iter": _median_ms(fused, block),
           "sequential_ms_per_iter": _median_ms(seq, block), "fused_block_s": fused,
           "sequential_block_s": seq, "compile_s": compile_s,
+          "load_avg_1min_before_after": [load_before, _load()],
           "mean_length_last": float(last["mean_length"])}
 
 
@@ -269,6 +281,7 @@ class TorchTB:
 def time_torch(ndim: int, height: int, setup: Setup, warmup: int, block: int,
                repeats: int) -> dict:
   tb = TorchTB(ndim, height, setup)
+  load_before = _load()
   tb.run(warmup)
   times, length = [], float("nan")
   for _ in range(2 * repeats):  # as many iterations as time_jax's fused + sequential blocks
@@ -276,7 +289,8 @@ def time_torch(ndim: int, height: int, setup: Setup, warmup: int, block: int,
     length = tb.run(block)
     times.append(time.perf_counter() - t0)
   return {"ms_per_iter": _median_ms(times, block), "block_s": times,
-          "mean_length_last": length, "threads": tb.torch.get_num_threads()}
+          "mean_length_last": length, "threads": tb.torch.get_num_threads(),
+          "load_avg_1min_before_after": [load_before, _load()]}
 
 
 def train_torch_tv(ndim: int, height: int, setup: Setup, iterations: int) -> dict:
