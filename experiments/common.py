@@ -101,7 +101,26 @@ def build_setup(program: str) -> Setup:
                num_videos=len(videos))
 
 
-def run_policy(setup: Setup, policy) -> dict:
+def load_policy_from_flags(program: str, name: str, env: FeedsEnv):
+  """(policy, policy_params) for `name` with the --checkpoint/--gfn_* flags; exits on bad input."""
+  from gfnfeeds.policies.registry import load_policy  # deferred: imports every policy
+  overrides = {}
+  if name == "gfn":
+    if FLAGS.gfn_candidates is not None:
+      if FLAGS.gfn_candidates < 1:
+        fail(program, f"--gfn_candidates must be >= 1, got {FLAGS.gfn_candidates}")
+      overrides["num_candidates"] = FLAGS.gfn_candidates
+    if FLAGS.gfn_condition is not None:
+      overrides["condition"] = FLAGS.gfn_condition
+  elif FLAGS.gfn_candidates is not None or FLAGS.gfn_condition is not None:
+    fail(program, f"--gfn_candidates/--gfn_condition apply to --policy=gfn, not {name!r}")
+  try:
+    return load_policy(name, env, FLAGS.checkpoint if name == "gfn" else None, **overrides)
+  except (ValueError, OSError) as e:
+    fail(program, str(e))
+
+
+def run_policy(setup: Setup, policy, policy_params=()) -> dict:
   """Runs one policy over the setup's sessions, with a progress bar on long runs."""
   bar = None
   if FLAGS.progress and len(setup.table) > FLAGS.batch_size:
@@ -109,7 +128,8 @@ def run_policy(setup: Setup, policy) -> dict:
     bar = tqdm(total=len(setup.table), unit="session", file=sys.stderr)
   metrics = evaluation.run_sessions(setup.env, policy, setup.params, setup.table, FLAGS.seed,
                                     FLAGS.batch_size, FLAGS.max_steps,
-                                    progress=bar.update if bar else None)
+                                    progress=bar.update if bar else None,
+                                    policy_params=policy_params)
   if bar:
     bar.close()
   return metrics

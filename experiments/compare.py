@@ -28,7 +28,8 @@ from gfnfeeds import evaluation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("policies", ["no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w"],
-                  "controllers to compare")
+                  "controllers to compare; learned ones take settings as name:key=value..., "
+                  "e.g. gfn:num_candidates=1 or gfn:condition=mmgc:checkpoint=DIR")
 flags.DEFINE_string("reference", None, "policy the paired score differences are taken against")
 flags.DEFINE_list("columns", ["score", "normalized_qoe", "qoe", "rebuffer_s", "bandwidth_mb",
                               "wastage_pct"], "metrics in the table")
@@ -39,21 +40,24 @@ common.define_session_flags()
 def main(argv):
   if len(argv) > 1:
     common.fail("compare", f"unexpected arguments {argv[1:]}")
-  from gfnfeeds.policies.registry import make_policy
+  from gfnfeeds.policies.registry import load_policy, parse_policy_spec
   if FLAGS.reference and FLAGS.reference not in FLAGS.policies:
     common.fail("compare", f"--reference={FLAGS.reference} is not in --policies")
   setup = common.build_setup("compare")
   try:
-    policies = {name: make_policy(name, setup.env) for name in FLAGS.policies}
-  except ValueError as e:
+    policies = {}
+    for spec in FLAGS.policies:
+      name, checkpoint, overrides = parse_policy_spec(spec)
+      policies[spec] = load_policy(name, setup.env, checkpoint, **overrides)
+  except (ValueError, TypeError, OSError) as e:
     common.fail("compare", str(e))
   print(f"network={FLAGS.network} class={FLAGS.trace_class} split={FLAGS.split} "
         f"traces={setup.num_traces} users={FLAGS.users} preferences={FLAGS.preferences} "
         f"sessions={len(setup.table)}", flush=True)
   results, seconds = {}, {}
-  for name, policy in policies.items():
+  for name, (policy, policy_params) in policies.items():
     t0 = time.perf_counter()
-    results[name] = common.run_policy(setup, policy)
+    results[name] = common.run_policy(setup, policy, policy_params)
     seconds[name] = time.perf_counter() - t0
     print(f"  {name}: {seconds[name]:.1f}s", flush=True)
   summaries = {n: evaluation.summarize(m, FLAGS.columns) for n, m in results.items()}

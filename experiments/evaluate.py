@@ -29,6 +29,11 @@ from gfnfeeds import evaluation  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("policy", "pdas", "controller name (see gfnfeeds.policies.registry)")
 flags.DEFINE_string("output_csv", None, "write one row per session here")
+flags.DEFINE_string("checkpoint", None,
+                    "learned policies: export dir or training workdir (default: the committed one)")
+flags.DEFINE_integer("gfn_candidates", None, "gfn: K candidate plans (1 = single candidate)")
+flags.DEFINE_enum("gfn_condition", None, ["user", "mmgc"],
+                  "gfn: condition and select on the user's w or the fixed MMGC weights")
 common.define_session_flags()
 
 CSV_COLUMNS = ("trace", "user", "score", "bandwidth_bytes", "qoe", "wasted_bytes",
@@ -40,17 +45,13 @@ CSV_COLUMNS = ("trace", "user", "score", "bandwidth_bytes", "qoe", "wasted_bytes
 def main(argv):
   if len(argv) > 1:
     common.fail("evaluate", f"unexpected arguments {argv[1:]}")
-  from gfnfeeds.policies.registry import make_policy  # deferred: registry imports every policy
   setup = common.build_setup("evaluate")
-  try:
-    policy = make_policy(FLAGS.policy, setup.env)
-  except ValueError as e:
-    common.fail("evaluate", str(e))
+  policy, policy_params = common.load_policy_from_flags("evaluate", FLAGS.policy, setup.env)
   table = setup.table
   print(f"policy={FLAGS.policy} traces={setup.num_traces} videos={setup.num_videos} "
         f"users={FLAGS.users} preferences={FLAGS.preferences} sessions={len(table)}", flush=True)
   t0 = time.perf_counter()
-  metrics = common.run_policy(setup, policy)
+  metrics = common.run_policy(setup, policy, policy_params)
   elapsed = time.perf_counter() - t0
   summary = evaluation.summarize(metrics)
   print(evaluation.format_summary(f"{FLAGS.policy} on {FLAGS.network}", summary, len(table)))

@@ -143,7 +143,7 @@ def test_plan_scorer_reuses_the_environment_dynamics(default_data):
   for a in (1, 1, 4, 1):  # same level everywhere: the unobserved levels do not matter
     obs, state, *_ = env.step_env(None, state, jnp.asarray(a), params)
   plan = jnp.asarray([1, 15, 1, 7, 4], jnp.int32)  # the user swipes video 0 during the plan
-  config = belief_lib.BeliefConfig(num_scenarios=1, safety_weight=0.0)
+  config = belief_lib.BeliefConfig(num_scenarios=1, terminal_weight=0.0)
   bel = belief_lib.build_belief(jax.random.PRNGKey(0), env, obs, catalog, config)
   truth_state = jax.tree.map(lambda x: x[0], bel.state)
   truth_state = truth_state.replace(session=truth_state.session.replace(watch_ms=watch))

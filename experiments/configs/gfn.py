@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.env.max_steps = 4096
 
   config.gfn = ml_collections.ConfigDict()
-  config.gfn.horizon = 3  # H: decisions per plan
+  config.gfn.horizon = 2  # H: decisions per plan
   config.gfn.num_candidates = 10  # K plans per decision
   config.gfn.num_scenarios = 8  # M belief scenarios
   config.gfn.hidden = (256, 256)
@@ -37,8 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn.epsilon = 0.05  # exploration of the plan sampler while training
   config.gfn.temperature = 1.0
   config.gfn.prior_mbps = 1.5
-  config.gfn.safety_weight = 1.0  # beyond-horizon stall term (0 = ablation)
-  config.gfn.safety_horizon_ms = 4000
+  config.gfn.terminal_weight = 1.0  # continuation term beyond the plan (0 = ablation)
+  config.gfn.terminal_horizon_ms = 4000
 
   config.train = ml_collections.ConfigDict()
   config.train.num_sessions = 32  # per seed, sharded over local devices

@@ -38,13 +38,13 @@ in the futures where the user leaves).
 The outcome is the vector of reward components (quality Mbps-s, rebuffering s,
 smoothness Mbps, megabits) averaged over scenarios, so U_w = w . components
 with signs (+, -, -, -): re-scoring for other users is a dot product.
-What the horizon cannot see is one explicit term, `safety_weight` times the
-stall the playing video would still suffer after the plan over the next
-`safety_horizon_ms` of its playback if the client then fetched its chunks in
-order at the lowest level (zero when the buffer covers the rest of its watch
-time or the chunks arrive in time). A plan that builds the playing video's
-buffer lowers it; one that spends the time elsewhere raises it. It is counted
-as rebuffering seconds, so it is weighted by beta like any stall.
+What the horizon cannot see is one explicit term, `terminal_weight` times
+`terminal_components`: over a window of `terminal_horizon_ms` of playback from
+the decision, the outcome of fetching just in time what the plan left unfetched
+(quality, the stall from a fluid model, megabits), minus the credit of chunks
+the plan prefetched outside the window (they could be fetched later, only if
+watched). It makes plans comparable: deferring the playing video's chunks is
+not free, and prefetching far ahead is worth only its stall insurance.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ class BeliefConfig:
     prior_spread: log-bandwidth spread before two samples exist.
     min_spread, max_spread: clip of the measured log-bandwidth spread.
     rtt_ms: round-trip time the client assumes per chunk request.
-    safety_weight: weight of the beyond-horizon stall term (0 disables it).
-    safety_horizon_ms: playback time of the playing video that term looks ahead.
+    terminal_weight: weight of the continuation term (0 disables it: the ablation).
+    terminal_horizon_ms: playback from the decision that the continuation covers.
   """
 
   num_scenarios: int = 8
@@ -88,8 +88,8 @@ class BeliefConfig:
   min_spread: float = 0.1
   max_spread: float = 1.0
   rtt_ms: float = 80.0
-  safety_weight: float = 1.0
-  safety_horizon_ms: int = 4000
+  terminal_weight: float = 1.0
+  terminal_horizon_ms: int = 4000
 
 
 @struct.dataclass
@@ -205,7 +205,8 @@ def build_belief(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catal
                       watch_ms=watch_m, weights=obs.weights)
     return EnvState(
         session=session, ptr=jnp.ones((), jnp.int32), last_t=zf, play_id=zi,
-        chunk_counter=jnp.where(valid, obs.chunks_downloaded, 0),
+        # Empty slots (past the session's end) have nothing left to download.
+        chunk_counter=jnp.where(valid, obs.chunks_downloaded, catalog.num_chunks[video]),
         buffer_ms=jnp.where(valid, obs.buffer_ms, 0), timeline_ms=jnp.where(valid, obs.play_ms, 0),
         preload_bytes=jnp.where(valid, obs.preload_bytes, 0.0), last_level=last_level,
         first_level=last_level, last_watched_level=jnp.full((w,), -1, jnp.int32),
@@ -230,9 +231,10 @@ def run_plan(env: FeedsEnv, state: EnvState, world: World, bandwidth_mbps, plan:
              catalog: Catalog, config: BeliefConfig) -> tuple[jnp.ndarray, EnvState]:
   """Executes one plan (int32 [H] tokens, -1 = none) in one scenario.
 
-  Returns (components float64 [4], final state). `env` is the full environment
-  (its discrete action set defines the tokens); the plan runs in
-  `planning_env(env)`.
+  Returns (components float64 [4], final state): the plan's own outcome from
+  the environment's step function, plus `terminal_weight` times the terminal
+  term (`terminal_components`). `env` is the full environment (its discrete
+  action set defines the tokens); the plan runs in `planning_env(env)`.
   """
   penv = planning_env(env)
   params = _scenario_params(catalog, world, config)
@@ -247,44 +249,90 @@ def run_plan(env: FeedsEnv, state: EnvState, world: World, bandwidth_mbps, plan:
     sleep_ms = sleeps[jnp.clip(token - n_download, 0, sleeps.shape[0] - 1)]
     action = jax.tree.map(lambda a, b: jnp.where(is_download, a, b),
                           download(jnp.maximum(slot, 0), token % levels), sleep(sleep_ms))
-    _, nxt, _, _, _, _ = penv.step_env(None, st, action, params)
-    return jax.tree.map(lambda a, b: jnp.where(skip, a, b), st, nxt), None
+    _, nxt, _, _, _, info = penv.step_env(None, st, action, params)
+    video = jnp.clip(token // levels, 0, penv.num_videos - 1)  # virtual id = decision-time slot
+    fetched = is_download & ~skip & ~info["invalid_action"]
+    record = (fetched, video, st.chunk_counter[video], token % levels)
+    return jax.tree.map(lambda a, b: jnp.where(skip, a, b), st, nxt), record
 
-  final, _ = jax.lax.scan(body, state, plan)
-  safety_s = config.safety_weight * _beyond_horizon_stall_s(penv, final, catalog, bandwidth_mbps,
-                                                            config)
-  components = jnp.stack([final.quality - state.quality,
-                          final.rebuffer_s - state.rebuffer_s + safety_s,
-                          final.smoothness - state.smoothness,
-                          final.megabits - state.megabits])
-  return components, final
+  final, records = jax.lax.scan(body, state, plan)
+  components = jnp.stack([final.quality - state.quality, final.rebuffer_s - state.rebuffer_s,
+                          final.smoothness - state.smoothness, final.megabits - state.megabits])
+  terminal = terminal_components(penv, state, final, records, catalog, bandwidth_mbps, config)
+  return components + config.terminal_weight * terminal, final
 
 
-def _beyond_horizon_stall_s(penv: FeedsEnv, state: EnvState, catalog: Catalog, bandwidth_mbps,
-                            config: BeliefConfig) -> jnp.ndarray:
-  """Stall (s) of the playing video over the next `safety_horizon_ms` of its playback.
+def _window_end_ms(penv: FeedsEnv, start: EnvState, watch: jnp.ndarray, horizon_ms) -> jnp.ndarray:
+  """int [V]: per virtual video, the play position where the window of `horizon_ms`
+  of playback from the decision ends (<= 0: the window ends before the video starts)."""
+  left = jnp.maximum(watch - start.timeline_ms, 0)  # playback each video still has
+  before = jnp.cumsum(left) - left  # playback of the earlier videos
+  return jnp.where(jnp.arange(penv.num_videos) == 0, start.timeline_ms[0] + horizon_ms,
+                   horizon_ms - before)
 
-  Fluid model: from the end of the plan, the client fetches the playing video's
-  next chunks in order at the lowest level (each costs size / bandwidth + RTT);
-  chunk j is needed when the buffer ahead of it has played out. The stall is
-  the largest lateness over the chunks that start inside the horizon and
-  before the (scenario's) swipe.
+
+def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, records, catalog: Catalog,
+                        bandwidth_mbps, config: BeliefConfig) -> jnp.ndarray:
+  """float64 [4]: what a plan leaves to the future, as outcome components.
+
+  The window is the next `terminal_horizon_ms` of PLAYBACK from the decision in
+  the scenario (across its swipes): the same set of chunks for every plan.
+    * Continuation: the window's chunks the plan did not fetch are fetched just
+      in time, in playback order, at each video's current level (the lowest if
+      none), from the plan's end. Fluid model: a chunk costs size / bandwidth +
+      RTT and is needed once the playback ahead of it has played out; the stall
+      is the largest lateness. Their quality and megabits are counted too, so a
+      plan that defers the playing video's chunks still pays for them.
+    * Deferral credit: a chunk the plan fetched OUTSIDE the window could equally
+      be fetched later, just in time, and only if the user gets there; so its
+      quality and, if watched, its megabits are taken back (at the fetched
+      level). What remains of such a prefetch is its true marginal effect: the
+      megabits wasted when the user never gets there, and the time it took.
+  Without this term a short plan defers the playing video's big chunks and
+  prefetches far-ahead chunks (their cost is a sure bandwidth charge but their
+  quality is credited at download), and starves the playing video.
   """
-  head = jnp.minimum(state.play_id, penv.num_videos - 1)
-  video = state.session.video_ids[head]
-  c = state.chunk_counter[head]
-  buf = state.buffer_ms[head]
-  position = state.timeline_ms[head]
-  end_ms = jnp.minimum(state.session.watch_ms[head], position + config.safety_horizon_ms)
-  count = -(-config.safety_horizon_ms // CHUNK_MS) + 1
-  j = c + jnp.arange(count)
-  sizes = catalog.chunk_sizes[video, jnp.minimum(j, catalog.max_chunks - 1), 0]
-  fetch_ms = sizes * 8.0 / 1e6 / bandwidth_mbps * 1000.0 + config.rtt_ms
-  due_ms = buf + jnp.arange(count) * CHUNK_MS  # playback time until chunk j is needed
-  needed = ((j < catalog.num_chunks[video]) & (position + due_ms < end_ms) &
-            (state.play_id < penv.num_videos))
-  lateness = jnp.where(needed, jnp.cumsum(fetch_ms) - due_ms, 0.0)
-  return jnp.maximum(jnp.max(lateness), 0.0) / 1000.0
+  v = penv.num_videos
+  watch = state.session.watch_ms
+  window_end = _window_end_ms(penv, start, watch, config.terminal_horizon_ms)
+  credited_end = (watch // CHUNK_MS + 1) * CHUNK_MS  # the env credits chunk k iff k <= w // 1000
+
+  # Deferral credit of the plan's fetches outside the window.
+  fetched, video, chunk, level = records
+  outside = fetched & (chunk * CHUNK_MS >= window_end[video])
+  watched = chunk * CHUNK_MS < credited_end[video]
+  size_mb = catalog.chunk_sizes[state.session.video_ids[video],
+                                jnp.minimum(chunk, catalog.max_chunks - 1), level] * 8.0 / 1e6
+  back_quality = jnp.sum(jnp.where(outside & watched, catalog.bitrates_kbps[level] / 1000.0, 0.0))
+  back_megabits = jnp.sum(jnp.where(outside & watched, size_mb, 0.0))
+
+  # Continuation over the window, from the video playing at the plan's end.
+  count = -(-config.terminal_horizon_ms // CHUNK_MS) + 1
+  span = 2  # the playing video and the next one: enough for a few seconds of window
+  ids = state.play_id + jnp.arange(span)
+  ok = ids < v
+  idc = jnp.minimum(ids, v - 1)
+  vid = state.session.video_ids[idc]
+  lvl = jnp.maximum(state.last_level[idc], 0)
+  c = state.chunk_counter[idc]
+  j = c[:, None] + jnp.arange(count)[None, :]  # [span, count]
+  mb = catalog.chunk_sizes[vid[:, None], jnp.minimum(j, catalog.max_chunks - 1),
+                           lvl[:, None]] * 8.0 / 1e6
+  # Playback time from the plan's end until chunk j of each video is needed.
+  remaining_head = jnp.maximum(watch[idc[0]] - state.timeline_ms[idc[0]], 0)
+  offset = jnp.where(jnp.arange(span) == 0, 0, remaining_head)
+  due = offset[:, None] + state.buffer_ms[idc][:, None] + jnp.arange(count)[None, :] * CHUNK_MS
+  end = jnp.minimum(window_end[idc], watch[idc])
+  needed = (ok[:, None] & (j < catalog.num_chunks[vid][:, None]) &
+            (j * CHUNK_MS < end[:, None]))
+  fetch = jnp.where(needed, mb / bandwidth_mbps * 1000.0 + config.rtt_ms, 0.0).reshape(-1)
+  lateness = jnp.where(needed.reshape(-1), jnp.cumsum(fetch) - due.reshape(-1), 0.0)
+  stall_s = jnp.maximum(jnp.max(lateness), 0.0) / 1000.0
+  credited = needed & (j * CHUNK_MS < credited_end[idc][:, None])
+  quality = jnp.sum(jnp.where(credited, (catalog.bitrates_kbps[lvl] / 1000.0)[:, None], 0.0))
+  megabits = jnp.sum(jnp.where(needed, mb, 0.0))
+  return jnp.stack([quality - back_quality, stall_s, jnp.zeros_like(stall_s),
+                    megabits - back_megabits])
 
 
 def score_plans(env: FeedsEnv, belief: Belief, plans: jnp.ndarray, catalog: Catalog,

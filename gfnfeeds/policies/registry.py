@@ -1,6 +1,13 @@
-"""Policies by name: `make_policy(name, env, **kwargs)`."""
+"""Policies by name: `make_policy(name, env, **kwargs)` for rules, `load_policy` for all.
+
+Learned controllers come with parameters: `load_policy(name, env, checkpoint=...)`
+returns `(policy, policy_params)` for every name (rules get `()`), which is what
+`gfnfeeds.evaluation.run_sessions` takes.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from gfnfeeds.policies.base import Policy
 from gfnfeeds.policies.rules import FixedPreload, MpcFixedPreload, NoSave, Pdas, PdasPersonalized
@@ -14,9 +21,47 @@ RULE_POLICIES = {
 }
 
 
+LEARNED_POLICIES = ("gfn",)
+# Trained controllers shipped with the package (commands that made them: BUILD_NOTES.md).
+DEFAULT_CHECKPOINTS = {"gfn": Path(__file__).resolve().parents[1] / "checkpoints" / "gfn_default"}
+
+
 def policy_names() -> tuple[str, ...]:
   """The names make_policy accepts."""
   return tuple(RULE_POLICIES)
+
+
+def all_policy_names() -> tuple[str, ...]:
+  """The names load_policy accepts: rules and learned controllers."""
+  return tuple(RULE_POLICIES) + LEARNED_POLICIES
+
+
+def load_policy(name: str, env, checkpoint: str | None = None, **overrides):
+  """(policy, policy_params) for any controller name.
+
+  Args:
+    name: one of all_policy_names().
+    env: the FeedsEnv it acts in.
+    checkpoint: export directory or training workdir of a learned controller
+      (default: the committed checkpoint); must be None for rules.
+    **overrides: settings to change, e.g. num_candidates=1 or condition="mmgc" for
+      "gfn", sleep_ms=100 for "pdas".
+
+  Raises:
+    ValueError: unknown name, a checkpoint given to a rule, or a bad checkpoint.
+  """
+  if name in RULE_POLICIES:
+    if checkpoint is not None:
+      raise ValueError(f"policy {name!r} is rule-based and takes no checkpoint")
+    return make_policy(name, env, **overrides), ()
+  if name == "gfn":
+    import dataclasses
+
+    from gfnfeeds.training.gfn_algorithm import load_controller
+    path = DEFAULT_CHECKPOINTS["gfn"] if checkpoint is None else Path(checkpoint)
+    controller, params = load_controller(str(path), env)
+    return dataclasses.replace(controller, **overrides), params
+  raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(all_policy_names())}")
 
 
 def make_policy(name: str, env=None, **kwargs) -> Policy:
@@ -40,3 +85,32 @@ def make_policy(name: str, env=None, **kwargs) -> Policy:
   except KeyError:
     raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(policy_names())}") from None
   return cls(**kwargs)
+
+
+def parse_policy_spec(spec: str) -> tuple[str, str | None, dict]:
+  """'name[:key=value]...' -> (name, checkpoint or None, overrides).
+
+  Values are read as int, then float, then kept as text; `checkpoint=DIR` names
+  the learned controller's directory. Example: 'gfn:num_candidates=1:condition=mmgc'.
+
+  Raises:
+    ValueError: a part without '='.
+  """
+  name, *parts = spec.split(":")
+  checkpoint, overrides = None, {}
+  for part in parts:
+    key, sep, value = part.partition("=")
+    if not sep or not key:
+      raise ValueError(f"policy spec {spec!r}: expected name:key=value[:key=value...], "
+                       f"got the part {part!r}")
+    if key == "checkpoint":
+      checkpoint = value
+      continue
+    for cast in (int, float):
+      try:
+        value = cast(value)
+        break
+      except ValueError:
+        pass
+    overrides[key] = value
+  return name, checkpoint, overrides

@@ -32,8 +32,8 @@ def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> 
   """The GFNController that `config.gfn` describes, acting in `env`."""
   g = config.gfn
   belief = BeliefConfig(num_scenarios=int(g.num_scenarios), prior_mbps=float(g.prior_mbps),
-                        safety_weight=float(g.safety_weight),
-                        safety_horizon_ms=int(g.safety_horizon_ms))
+                        terminal_weight=float(g.terminal_weight),
+                        terminal_horizon_ms=int(g.terminal_horizon_ms))
   return GFNController(env=env, horizon=int(g.horizon), num_candidates=int(g.num_candidates),
                        belief=belief, hidden=tuple(int(h) for h in g.hidden),
                        flow_head=g.loss != "tb", epsilon=float(g.epsilon),
