@@ -127,5 +127,6 @@ def load_controller(directory: str, env: FeedsEnv) -> tuple[GFNController, objec
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                           controller.init_params(jax.random.PRNGKey(0)))
   params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), abstract)
-  params = jax.tree.map(jnp.asarray, params)
-  return controller, params
+  # Host arrays (not committed to one device): the caller's jit places them, e.g.
+  # replicated over the session mesh.
+  return controller, jax.tree.map(np.asarray, params)
