@@ -90,6 +90,41 @@ def masked_log_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(jnp.logical_and(mask, any_valid), out, empty)
 
 
+def _transition(env: DAGEnv, n: int, out: PolicyOutput, state, cond, active, prev_backward,
+                epsilon, temperature, draw):
+  """The part of one sampling step shared by every sampler, on n rows.
+
+  From the policy output at s_t: the masks, the action drawn by `draw(sample
+  log-probs)` (exit on finished rows), log P_F(a_t | s_t), the log P_B of the
+  transition that led to s_t, log F(s_t), the child states (finished rows carried
+  unchanged) and the backward action of the new transition.
+  """
+  # Terminal rows get an all-true mask so that no row is empty (their values are dropped).
+  fmask = batch_apply(env.forward_mask, n, state, cond)
+  fmask = jnp.logical_or(fmask, jnp.logical_not(active)[:, None])
+  logits = out.forward_logits.astype(F32)
+  log_pf_all = masked_log_softmax(logits, fmask)
+  sample_lp = exploration_log_probs(jax.lax.stop_gradient(logits), fmask, epsilon, temperature)
+  action = jnp.where(active, draw(sample_lp).astype(jnp.int32), env.exit_action)
+  log_pf = jnp.where(active, jnp.take_along_axis(log_pf_all, action[:, None], axis=-1)[:, 0], 0.0)
+  # log P_B of the transition s_{t-1} -> s_t, read off the backward head at s_t.
+  bmask = batch_apply(env.backward_mask, n, state, cond)
+  if out.backward_logits is not None:
+    log_pb_all = masked_log_softmax(out.backward_logits, bmask)
+    log_pb_in = jnp.take_along_axis(log_pb_all, prev_backward[:, None], axis=-1)[:, 0]
+  else:
+    log_pb_in = -jnp.log(jnp.maximum(jnp.sum(bmask, axis=-1), 1).astype(F32))
+  log_pb_in = jnp.where(active, log_pb_in, 0.0)
+  log_flow = (jnp.where(active, out.log_flow.astype(F32), 0.0) if out.log_flow is not None
+              else jnp.zeros((n,), F32))
+  child = batch_apply(env.step, n, state, action, cond)
+  next_state = jax.tree.map(
+      lambda c, s: jnp.where(active.reshape((n,) + (1,) * (c.ndim - 1)), c, s), child, state)
+  backward = batch_apply(env.backward_action, n, state, action, cond).astype(jnp.int32)
+  backward = jnp.clip(backward, 0, max(env.num_backward_actions - 1, 0))
+  return action, log_pf, log_pb_in, log_flow, next_state, backward
+
+
 def _policy_on_active(policy_fn: PolicyFn, params, features, cond_features, active,
                       num_buckets: int) -> PolicyOutput:
   """The policy on the rows where `active` only, in the smallest row bucket that holds them.
@@ -170,32 +205,12 @@ def _sample_compact(key, env: DAGEnv, policy_fn: PolicyFn, params, cond, batch: 
       cf = cond_features[rows]
       active = jnp.logical_and(valid, jnp.logical_not(jax.vmap(env.is_terminal)(state)))
       out = policy_fn(params, batch_apply(env.featurize, n, state, cond_c), cf)
-      fmask = batch_apply(env.forward_mask, n, state, cond_c)
-      fmask = jnp.logical_or(fmask, jnp.logical_not(active)[:, None])
-      logits = out.forward_logits.astype(F32)
-      log_pf_all = masked_log_softmax(logits, fmask)
-      sample_lp = exploration_log_probs(logits, fmask, epsilon, temperature)
       # jax.random.categorical(keys[t], lp) on all B rows is argmax(gumbel + lp): the
       # same noise rows as the plain sampler, so both draw the same actions.
       noise = jax.random.gumbel(keys[t], (batch, env.num_actions), F32)[rows]
-      action = jnp.argmax(noise + sample_lp, axis=-1).astype(i32)
-      action = jnp.where(active, action, exit_action)
-      log_pf = jnp.take_along_axis(log_pf_all, action[:, None], axis=-1)[:, 0]
-      log_pf = jnp.where(active, log_pf, 0.0)
-      bmask = batch_apply(env.backward_mask, n, state, cond_c)
-      if out.backward_logits is not None:
-        log_pb_all = masked_log_softmax(out.backward_logits, bmask)
-        log_pb_in = jnp.take_along_axis(log_pb_all, prev_backward[:, None], axis=-1)[:, 0]
-      else:
-        log_pb_in = -jnp.log(jnp.maximum(jnp.sum(bmask, axis=-1), 1).astype(F32))
-      log_pb_in = jnp.where(active, log_pb_in, 0.0)
-      log_flow = (jnp.where(active, out.log_flow.astype(F32), 0.0) if out.log_flow is not None
-                  else jnp.zeros((n,), F32))
-      child = batch_apply(env.step, n, state, action, cond_c)
-      next_state = jax.tree.map(
-          lambda c, s: jnp.where(active.reshape((n,) + (1,) * (c.ndim - 1)), c, s), child, state)
-      backward = batch_apply(env.backward_action, n, state, action, cond_c).astype(i32)
-      backward = jnp.clip(backward, 0, max(nb - 1, 0))
+      action, log_pf, log_pb_in, log_flow, next_state, backward = _transition(
+          env, n, out, state, cond_c, active, prev_backward, epsilon, temperature,
+          lambda lp: jnp.argmax(noise + lp, axis=-1))
       return active, action, log_pf, log_pb_in, log_flow, next_state, backward
 
     def run_level(size, next_size, carry):
@@ -406,33 +421,9 @@ def sample_trajectories(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params
     features = batch_apply(env.featurize, batch, state, cond)
     out = network(features, active)
 
-    # Terminal rows get an all-true mask so that no row is empty (their values are dropped).
-    fmask = batch_apply(env.forward_mask, batch, state, cond)
-    fmask = jnp.logical_or(fmask, jnp.logical_not(active)[:, None])
-    logits = out.forward_logits.astype(F32)
-    log_pf_all = masked_log_softmax(logits, fmask)
-    sample_lp = exploration_log_probs(jax.lax.stop_gradient(logits), fmask, epsilon, temperature)
-    action = jax.random.categorical(key_t, sample_lp, axis=-1).astype(jnp.int32)
-    action = jnp.where(active, action, exit_action)
-    log_pf = jnp.take_along_axis(log_pf_all, action[:, None], axis=-1)[:, 0]
-    log_pf = jnp.where(active, log_pf, 0.0)
-
-    # log P_B of the transition s_{t-1} -> s_t, read off the backward head at s_t.
-    bmask = batch_apply(env.backward_mask, batch, state, cond)
-    if out.backward_logits is not None:
-      log_pb_all = masked_log_softmax(out.backward_logits, bmask)
-      log_pb_in = jnp.take_along_axis(log_pb_all, prev_backward[:, None], axis=-1)[:, 0]
-    else:
-      log_pb_in = -jnp.log(jnp.maximum(jnp.sum(bmask, axis=-1), 1).astype(F32))
-    log_pb_in = jnp.where(active, log_pb_in, 0.0)
-    log_flow = (jnp.where(active, out.log_flow.astype(F32), 0.0) if out.log_flow is not None
-                else jnp.zeros((batch,), F32))
-
-    child = batch_apply(env.step, batch, state, action, cond)
-    next_state = jax.tree.map(
-        lambda c, s: jnp.where(active.reshape((batch,) + (1,) * (c.ndim - 1)), c, s), child, state)
-    backward = batch_apply(env.backward_action, batch, state, action, cond).astype(jnp.int32)
-    backward = jnp.clip(backward, 0, max(nb - 1, 0))
+    action, log_pf, log_pb_in, log_flow, next_state, backward = _transition(
+        env, batch, out, state, cond, active, prev_backward, epsilon, temperature,
+        lambda lp: jax.random.categorical(key_t, lp, axis=-1))
     ys = dict(state=state, features=features, action=action, active=active, log_pf=log_pf,
               log_pb_in=log_pb_in, log_flow=log_flow)
     return (next_state, backward), ys
