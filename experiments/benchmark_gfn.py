@@ -1,8 +1,36 @@
-r"""GFlowNet training speed: gfnfeeds (JAX) against torchgfn on the same machine.
+r"""GFlowNet speed: gfnfeeds (JAX) against PyTorch peers on the same machine.
 
+    python -m experiments.benchmark_gfn --json=/tmp/bench_gfn.json  # --suite=all
     python -m experiments.benchmark_gfn --suite=hypergrid --json=/tmp/bench_gfn.json
 
-Suite `hypergrid` (the only one so far): trajectory-balance training on
+Suites: `hypergrid`, `feeds` and `latency` (`all`, the default, runs the three).
+
+Suite `feeds`: training throughput of the feeds GFlowNet controller with the
+training config experiments/configs/gfn.py (H=2, K=10, M=8, MLP 2 x 256,
+32 sessions x 8 rollout steps per update, relabel 1, TB), data --network and
+--videos, sampled preferences, random trace offsets (as `experiments.train`).
+gfnfeeds: the jitted fused training chunk (`gfn_trainer.make_train_chunk`,
+--feeds_updates_per_chunk updates per call, one seed), compiled ahead of time
+(compile_s separate), one untimed call, then --feeds_repeats timed calls
+(median); measured with the sessions on one XLA device and sharded over every
+local device (`shard_train_state`, what training does), the faster reported.
+decisions/s = num_sessions x rollout_steps x updates / time; candidate
+trajectories/s = decisions/s x K x (1 + relabel) (the plans the loss trains on).
+Peer: `gfnfeeds.reference.torch_gfn.TorchReferenceTrainer` (optional `torch`
+extra), the same training step in PyTorch driven by the plain-Python reference
+simulator (same network, TB loss, K plans x M belief scenarios x H steps +
+terminal term per decision, same batch), --torch_updates timed updates after
+--torch_warmup untimed ones (median), for each of --torch_threads (0 = all
+cores), the fastest reported. ratio = jax / torch decisions/s.
+
+Suite `latency`: `make_server(controller)` with untrained parameters (latency
+does not depend on the weights) and serving exploration (epsilon 0), for each
+of --latency_batches sessions per call: observations a few decisions into
+sampled sessions, --latency_warmup untimed calls (compile), then up to
+--latency_calls timed calls (fewer when they would exceed
+--latency_budget_s), p50/p99 wall ms per call (each call blocks until ready).
+
+Suite `hypergrid`: trajectory-balance training on
 HyperGrid (ndim, height) for each --grids entry, a 2 x --hidden ReLU MLP with a
 forward head and a learned backward head on one shared trunk, scalar log Z,
 batch --batch, Adam (network --lr, log Z --log_z_lr), on-policy (no exploration).
@@ -58,9 +86,11 @@ import gfnfeeds  # noqa: E402,F401
 from gfnfeeds.gfn import train as T  # noqa: E402
 from gfnfeeds.gfn.hypergrid import HyperGrid, total_variation  # noqa: E402
 from gfnfeeds.gfn.networks import PolicyOutput  # noqa: E402
+from gfnfeeds.reference import torch_gfn  # noqa: E402  (imports without torch)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "hypergrid", ["hypergrid"], "which benchmark suite to run")
+SUITES = ("hypergrid", "feeds", "latency")
+flags.DEFINE_enum("suite", "all", ["all", *SUITES], "which benchmark suite to run")
 flags.DEFINE_list("grids", ["4:16", "2:8"], "HyperGrid sizes as ndim:height")
 flags.DEFINE_integer("batch", 512, "trajectories per iteration")
 flags.DEFINE_integer("hidden", 256, "width of the 2 hidden layers")
@@ -76,6 +106,22 @@ flags.DEFINE_integer("tv_iterations", 1000, "training iterations before the TV c
 flags.DEFINE_bool("peer", True, "also run torchgfn (skipped with a message if not installed)")
 flags.DEFINE_string("json", None, "write the results as JSON here")
 flags.DEFINE_integer("seed", 0, "PRNG / torch seed")
+# feeds and latency
+flags.DEFINE_string("network", "default", "feeds/latency traces: 'default[:class]' or directories")
+flags.DEFINE_string("videos", "default", "feeds/latency catalog: 'default', MMGC dir or .npz")
+flags.DEFINE_integer("feeds_sessions", 32, "sessions per update (config train.num_sessions)")
+flags.DEFINE_integer("feeds_rollout_steps", 8, "decisions per session per update")
+flags.DEFINE_integer("feeds_updates_per_chunk", 10, "updates fused in one timed JAX call")
+flags.DEFINE_integer("feeds_repeats", 5, "timed JAX calls (median reported)")
+flags.DEFINE_list("feeds_placements", ["single", "sharded"],
+                  "JAX session placements measured: single device, sharded over local devices")
+flags.DEFINE_integer("torch_updates", 3, "timed torch reference updates (median reported)")
+flags.DEFINE_integer("torch_warmup", 1, "untimed torch reference updates first")
+flags.DEFINE_list("torch_threads", ["1", "0"], "torch thread counts tried (0 = all cores)")
+flags.DEFINE_list("latency_batches", ["1", "16", "256", "4096"], "sessions per serving call")
+flags.DEFINE_integer("latency_calls", 200, "timed serving calls per batch (at most)")
+flags.DEFINE_float("latency_budget_s", 20.0, "time budget of the timed calls per batch")
+flags.DEFINE_integer("latency_warmup", 3, "untimed serving calls per batch (compile included)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,11 +259,14 @@ def torch_available() -> str | None:
 
 
 def torch_versions() -> dict:
-  from importlib.metadata import version
-  try:
-    return {"torch": version("torch"), "torchgfn": version("torchgfn")}
-  except Exception:  # pylint: disable=broad-except
-    return {}
+  from importlib.metadata import PackageNotFoundError, version
+  out = {}
+  for name in ("torch", "torchgfn"):
+    try:
+      out[name] = version(name)
+    except PackageNotFoundError:
+      pass
+  return out
 
 
 class TorchTB:
@@ -362,6 +411,195 @@ def run_hypergrid(grids, setup: Setup = Setup(), peer: bool = True,
                         backward_policy="learned, trunk shared with P_F", exploration="none")}
 
 
+# ---------------------------------------------------------------- the feeds suites
+
+
+def feeds_data(network: str = "default", videos: str = "default", config=None):
+  """(env, env_params, config) for the feeds suites, built as `experiments.train` builds them."""
+  from experiments.configs.gfn import get_config
+  from gfnfeeds.data.datasets import load_network_arg, load_videos_arg
+  from gfnfeeds.data.packing import pack_catalog, pack_world
+  from gfnfeeds.env.feeds import FeedsEnv
+  from gfnfeeds.env.preferences import archetype_preferences
+  config = get_config() if config is None else config
+  traces, _ = load_network_arg(network)
+  vids, ladder = load_videos_arg(videos)
+  env = FeedsEnv(max_steps=int(config.env.max_steps))
+  env_params = env.make_params(pack_catalog(vids, ladder), pack_world(traces),
+                               archetype_preferences(), random_offset=True,
+                               shuffle_videos=len(vids) > env.num_videos)
+  return env, env_params, config
+
+
+def feeds_settings(config, env):
+  from gfnfeeds.training.gfn_algorithm import settings_from_config
+  return settings_from_config(config, env)
+
+
+def describe_settings(settings) -> dict:
+  c = settings.controller
+  return {"horizon": c.horizon, "num_candidates": c.num_candidates,
+          "num_scenarios": c.belief.num_scenarios, "hidden": list(c.hidden), "loss": settings.loss,
+          "num_sessions": settings.num_sessions, "rollout_steps": settings.rollout_steps,
+          "relabel": settings.relabel, "epsilon": c.epsilon,
+          "terminal_weight": c.belief.terminal_weight,
+          "decisions_per_update": settings.num_sessions * settings.rollout_steps}
+
+
+def time_feeds_jax(settings, env_params, placement: str = "single", repeats: int = 5,
+                   seed: int = 0) -> dict:
+  """Decisions/s of the jitted fused training chunk (one seed) for one session placement."""
+  from gfnfeeds.training import gfn_trainer
+  chunk = gfn_trainer.make_train_chunk(settings, 1)
+  states = gfn_trainer.init_train_states(seed, 1, settings, env_params)
+  if placement == "sharded":
+    states = gfn_trainer.shard_train_state(states)
+  elif placement != "single":
+    raise ValueError(f"unknown placement {placement!r}")
+  jax.block_until_ready(states)
+  t0 = time.perf_counter()
+  run = chunk.lower(states, env_params).compile()
+  compile_s = time.perf_counter() - t0
+  load_before = _load()
+  states, _ = run(states, env_params)  # one untimed call
+  jax.block_until_ready(states)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    states, metrics = run(states, env_params)
+    jax.block_until_ready(states)
+    times.append(time.perf_counter() - t0)
+  med = float(np.median(times))
+  decisions = settings.num_sessions * settings.rollout_steps * settings.updates_per_chunk
+  return {"placement": placement, "devices": jax.device_count() if placement == "sharded" else 1,
+          "decisions_per_s": decisions / med, "call_s_median": med, "call_s": times,
+          "decisions_per_call": decisions, "updates_per_call": settings.updates_per_chunk,
+          "compile_s": compile_s, "load_avg_1min_before_after": [load_before, _load()],
+          "last_loss": float(np.asarray(metrics["loss"])[0, -1])}
+
+
+def time_feeds_torch(settings, env_params, updates: int = 3, warmup: int = 1, threads: int = 0,
+                     seed: int = 0) -> dict:
+  """Decisions/s of the PyTorch + reference-simulator training step (same settings)."""
+  ts = torch_gfn.TorchGFNSettings.from_jax(settings)
+  data = torch_gfn.ReferenceData.from_env_params(env_params)
+  trainer = torch_gfn.TorchReferenceTrainer(ts, data, seed=seed, threads=threads or None)
+  load_before = _load()
+  for _ in range(warmup):
+    trainer.update()
+  times, last = [], {}
+  for _ in range(updates):
+    t0 = time.perf_counter()
+    last = trainer.update()
+    times.append(time.perf_counter() - t0)
+  med = float(np.median(times))
+  decisions = ts.num_sessions * ts.rollout_steps
+  return {"threads": torch_gfn.torch.get_num_threads(), "decisions_per_s": decisions / med,
+          "update_s_median": med, "update_s": times, "decisions_per_update": decisions,
+          "updates_timed": updates, "warmup_updates": warmup,
+          "load_avg_1min_before_after": [load_before, _load()], "last_loss": last.get("loss")}
+
+
+def run_feeds(settings, env_params, placements=("single", "sharded"), repeats: int = 5,
+              torch_updates: int = 3, torch_warmup: int = 1, torch_threads=(1, 0), seed: int = 0,
+              peer: bool = True, log=print) -> dict:
+  """The feeds training-throughput suite; returns the JSON-ready `feeds` dict."""
+  k, groups = settings.controller.num_candidates, 1 + settings.relabel
+  modes = []
+  for placement in placements:
+    m = time_feeds_jax(settings, env_params, placement, repeats, seed)
+    modes.append(m)
+    log(f"jax   feeds {placement}: {m['decisions_per_s']:,.0f} decisions/s "
+        f"({m['call_s_median']:.2f} s per {m['decisions_per_call']} decisions), "
+        f"compile {m['compile_s']:.1f}s")
+  best = max(modes, key=lambda m: m["decisions_per_s"])
+  out = {"jax_decisions_per_s": best["decisions_per_s"],
+         "jax_candidate_trajectories_per_s": best["decisions_per_s"] * k * groups,
+         "jax_best_placement": best["placement"], "jax_compile_s": best["compile_s"],
+         "torch_decisions_per_s": None, "torch_candidate_trajectories_per_s": None,
+         "ratio": None, "jax": modes, "torch": [],
+         "settings": describe_settings(settings),
+         "candidate_trajectories_per_decision": k * groups}
+  reason = torch_gfn.torch_missing() if peer else "disabled (peer=False)"
+  if reason:
+    log(f"torch reference SKIPPED ({reason})")
+    out["torch_skipped_reason"] = reason
+    return out
+  for threads in torch_threads:
+    t = time_feeds_torch(settings, env_params, torch_updates, torch_warmup, int(threads), seed)
+    out["torch"].append(t)
+    log(f"torch feeds ({t['threads']} threads): {t['decisions_per_s']:,.1f} decisions/s "
+        f"({t['update_s_median']:.2f} s per update of {t['decisions_per_update']} decisions)")
+  tbest = max(out["torch"], key=lambda t: t["decisions_per_s"])
+  out.update(torch_decisions_per_s=tbest["decisions_per_s"],
+             torch_candidate_trajectories_per_s=tbest["decisions_per_s"] * k * groups,
+             torch_threads=tbest["threads"],
+             ratio=best["decisions_per_s"] / tbest["decisions_per_s"],
+             torch_versions=torch_versions())
+  log(f"feeds: jax / torch reference = {out['ratio']:.1f}x decisions/s")
+  return out
+
+
+def serving_inputs(env, env_params, batch: int, seed: int = 0, steps: int = 6):
+  """`batch` observations a few decisions into sampled sessions, and the users' weights."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), batch)
+
+  @jax.jit
+  def make(keys):
+    def one(key):
+      obs, state = env.reset(key, env_params)
+      def body(carry, _):
+        obs, state = carry
+        action = jnp.where(obs.action_mask[1], 1, env.num_actions - 1)  # slot 0 level 1, or sleep
+        obs, state, *_ = env.step(key, state, action, env_params)
+        return (obs, state), None
+      (obs, _), _ = jax.lax.scan(body, (obs, state), None, length=steps)
+      return obs, env_params.preferences.sample(key)
+    return jax.vmap(one)(keys)
+
+  return make(keys)
+
+
+def run_latency(settings, env_params, batches=(1, 16, 256, 4096), calls: int = 200,
+                budget_s: float = 20.0, warmup: int = 3, seed: int = 0, log=print) -> list:
+  """Decision latency of the jitted server; returns the JSON-ready `latency` list."""
+  from gfnfeeds.policies.gfn import make_server
+  controller = dataclasses.replace(settings.controller, epsilon=0.0, temperature=1.0)
+  env = controller.env
+  params = controller.init_params(jax.random.PRNGKey(seed))
+  catalog = env_params.catalog
+  rows = []
+  for batch in batches:
+    obs, weights = serving_inputs(env, env_params, int(batch), seed)
+    serve = make_server(controller)
+    t0 = time.perf_counter()
+    jax.block_until_ready(serve(params, jax.random.PRNGKey(0), obs, weights, catalog))
+    compile_s = time.perf_counter() - t0
+    first = []
+    for i in range(max(warmup - 1, 0)):
+      t0 = time.perf_counter()
+      jax.block_until_ready(serve(params, jax.random.PRNGKey(1 + i), obs, weights, catalog))
+      first.append(time.perf_counter() - t0)
+    per_call = min(first) if first else compile_s
+    n = int(max(5, min(calls, budget_s / max(per_call, 1e-6))))
+    times = []
+    load_before = _load()
+    for i in range(n):
+      key = jax.random.PRNGKey(1000 + i)
+      t0 = time.perf_counter()
+      jax.block_until_ready(serve(params, key, obs, weights, catalog))
+      times.append(time.perf_counter() - t0)
+    ms = 1e3 * np.asarray(times)
+    row = {"batch": int(batch), "p50_ms": float(np.percentile(ms, 50)),
+           "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+           "calls": n, "decisions_per_s": int(batch) / float(np.median(times)),
+           "first_call_s": compile_s, "load_avg_1min_before_after": [load_before, _load()]}
+    rows.append(row)
+    log(f"latency batch {batch:>5}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms "
+        f"({n} calls; {row['decisions_per_s']:,.0f} decisions/s; first call {compile_s:.1f}s)")
+  return rows
+
+
 def print_table(rows: list[dict]) -> None:
   def fmt(v, spec):
     return "-" if v is None else format(v, spec)
@@ -376,20 +614,60 @@ def print_table(rows: list[dict]) -> None:
           f"| {fmt(r['iterations'], 'd')} |")
 
 
+def print_feeds_table(feeds: dict, latency: list | None) -> None:
+  def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+  if feeds:
+    print("| feeds training | jax | torch reference | ratio |")
+    print("|---|---|---|---|")
+    print(f"| decisions/s | {feeds['jax_decisions_per_s']:,.0f} | "
+          f"{fmt(feeds['torch_decisions_per_s'], ',.1f')} | {fmt(feeds['ratio'], '.1f')} |")
+    print(f"| candidate trajectories/s | {feeds['jax_candidate_trajectories_per_s']:,.0f} | "
+          f"{fmt(feeds['torch_candidate_trajectories_per_s'], ',.0f')} | "
+          f"{fmt(feeds['ratio'], '.1f')} |")
+  if latency:
+    print("| batch | p50 ms | p99 ms | decisions/s | calls |")
+    print("|---|---|---|---|---|")
+    for r in latency:
+      print(f"| {r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['decisions_per_s']:,.0f} | {r['calls']} |")
+
+
 def main(argv):
   del argv
   print(f"device: {device_description()}")
-  grids = [parse_grid(g) for g in FLAGS.grids]
-  tv_grid = parse_grid(FLAGS.tv_grid) if FLAGS.tv_grid else None
-  setup = Setup(FLAGS.batch, FLAGS.hidden, FLAGS.lr, FLAGS.log_z_lr, FLAGS.seed)
+  suites = SUITES if FLAGS.suite == "all" else (FLAGS.suite,)
+  log = lambda m: print(m, flush=True)  # noqa: E731
   t0 = time.perf_counter()
-  result = run_hypergrid(grids, setup, FLAGS.peer, tv_grid, FLAGS.tv_iterations,
-                         FLAGS.active_buckets, FLAGS.warmup, FLAGS.block, FLAGS.repeats,
-                         log=lambda m: print(m, flush=True), compact=FLAGS.compact)
+  result = {}
+  if "hypergrid" in suites:
+    grids = [parse_grid(g) for g in FLAGS.grids]
+    tv_grid = parse_grid(FLAGS.tv_grid) if FLAGS.tv_grid else None
+    setup = Setup(FLAGS.batch, FLAGS.hidden, FLAGS.lr, FLAGS.log_z_lr, FLAGS.seed)
+    result.update(run_hypergrid(grids, setup, FLAGS.peer, tv_grid, FLAGS.tv_iterations,
+                                FLAGS.active_buckets, FLAGS.warmup, FLAGS.block, FLAGS.repeats,
+                                log=log, compact=FLAGS.compact))
+  if "feeds" in suites or "latency" in suites:
+    env, env_params, config = feeds_data(FLAGS.network, FLAGS.videos)
+    config.train.num_sessions = FLAGS.feeds_sessions
+    config.train.rollout_steps = FLAGS.feeds_rollout_steps
+    config.train.updates_per_chunk = FLAGS.feeds_updates_per_chunk
+    settings = feeds_settings(config, env)
+    result["feeds_data"] = {"network": FLAGS.network, "videos": FLAGS.videos}
+  if "feeds" in suites:
+    result["feeds"] = run_feeds(settings, env_params, FLAGS.feeds_placements, FLAGS.feeds_repeats,
+                                FLAGS.torch_updates, FLAGS.torch_warmup,
+                                [int(t) for t in FLAGS.torch_threads], FLAGS.seed, True, log)
+  if "latency" in suites:
+    result["latency"] = run_latency(settings, env_params, [int(b) for b in FLAGS.latency_batches],
+                                    FLAGS.latency_calls, FLAGS.latency_budget_s,
+                                    FLAGS.latency_warmup, FLAGS.seed, log)
   result["total_s"] = time.perf_counter() - t0
   result.update(device=device_description(), date=time.strftime("%Y-%m-%d"),
-                jax_version=jax.__version__, **torch_versions())
-  print_table(result["hypergrid"])
+                jax_version=jax.__version__, suites=list(suites), **torch_versions())
+  if "hypergrid" in result:
+    print_table(result["hypergrid"])
+  print_feeds_table(result.get("feeds"), result.get("latency"))
   write_json(FLAGS.json, result)
 
 

@@ -38,3 +38,42 @@ def test_hypergrid_suite_with_torchgfn():
   _check_row(row)
   assert row["torchgfn_ms_per_iter"] > 0 and row["ratio"] > 0
   assert 0.0 <= row["torchgfn_tv"] <= 1.0
+
+
+# ----------------------------------------------------------------- feeds and latency suites
+def _tiny_feeds():
+  env, env_params, config = B.feeds_data("default", "default")
+  config.gfn.horizon = 2
+  config.gfn.num_candidates = 2
+  config.gfn.num_scenarios = 2
+  config.gfn.hidden = (16,)
+  config.train.num_sessions = 2
+  config.train.rollout_steps = 2
+  config.train.updates_per_chunk = 1
+  return B.feeds_settings(config, env), env_params
+
+
+def test_feeds_suite_with_torch_reference():
+  from gfnfeeds.reference import torch_gfn
+  if torch_gfn.torch_missing():
+    pytest.skip(torch_gfn.torch_missing())
+  settings, env_params = _tiny_feeds()
+  feeds = B.run_feeds(settings, env_params, placements=("single",), repeats=1, torch_updates=1,
+                      torch_warmup=0, torch_threads=(1,), log=lambda m: None)
+  for key in ("jax_decisions_per_s", "torch_decisions_per_s", "ratio",
+              "jax_candidate_trajectories_per_s", "torch_candidate_trajectories_per_s"):
+    assert feeds[key] > 0 and math.isfinite(feeds[key]), key
+  assert feeds["ratio"] == pytest.approx(feeds["jax_decisions_per_s"]
+                                         / feeds["torch_decisions_per_s"])
+  assert feeds["candidate_trajectories_per_decision"] == 2 * 2
+  assert feeds["settings"]["decisions_per_update"] == 4
+  assert feeds["jax"][0]["decisions_per_call"] == 4 and feeds["torch"][0]["threads"] == 1
+
+
+def test_latency_suite():
+  settings, env_params = _tiny_feeds()
+  rows = B.run_latency(settings, env_params, batches=(1, 2), calls=5, budget_s=1.0, warmup=1,
+                       log=lambda m: None)
+  assert [r["batch"] for r in rows] == [1, 2]
+  for r in rows:
+    assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 5

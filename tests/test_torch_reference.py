@@ -1,0 +1,134 @@
+"""The PyTorch reference of the feeds GFlowNet training step does the same work as the JAX one.
+
+Its plan scorer (the plain-Python reference simulator stepped through a plan in
+a re-constructed belief scenario, plus the terminal term in Python) must give
+the components of `belief.run_plan` for the same state, bandwidth and watch
+durations; its features and network must equal the JAX ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gfnfeeds.data.datasets import load_network_arg, load_videos_arg
+from gfnfeeds.data.packing import pack_catalog, pack_world
+from gfnfeeds.env.feeds import FeedsEnv
+from gfnfeeds.env.preferences import archetype_preferences
+from gfnfeeds.planning import belief as belief_lib
+from gfnfeeds.policies.gfn import GFNController, observation_features
+from gfnfeeds.reference import torch_gfn as T
+
+ENV = FeedsEnv()
+
+
+@pytest.fixture(scope="module")
+def default_data():
+  traces, _ = load_network_arg("default")
+  videos, ladder = load_videos_arg("default")
+  catalog = pack_catalog(videos, ladder)
+  params = ENV.make_params(catalog, pack_world(traces), archetype_preferences(),
+                           watch_from_bank=False, random_offset=True)
+  return catalog, params, T.ReferenceData.from_env_params(params)
+
+
+def _observations(params, count=4):
+  """Observations at several points of sessions (random valid actions, swipes included)."""
+  rng = np.random.default_rng(0)
+  step = jax.jit(lambda s, a: ENV.step_env(None, s, a, params))
+  out = []
+  for i in range(count):
+    obs, state = ENV.reset(jax.random.PRNGKey(i), params)
+    for _ in range(4 * i):
+      a = int(rng.choice(np.flatnonzero(np.asarray(obs.action_mask))))
+      obs, state, *_ = step(state, jnp.asarray(a))
+    out.append(obs)
+  return out
+
+
+def test_plan_scoring_equals_jax_run_plan(default_data):
+  catalog, params, data = default_data
+  s = T.TorchGFNSettings()
+  config = belief_lib.BeliefConfig()  # the terminal term on (weight 1)
+  run = jax.jit(lambda st, w, bw, plans: jax.vmap(
+      lambda p: belief_lib.run_plan(ENV, st, w, bw, p, catalog, config)[0])(plans))
+  plans = np.asarray(list(itertools.product(range(ENV.num_actions), repeat=2)), np.int32)
+  checked = 0
+  for n, obs in enumerate(_observations(params)):
+    view = T.ObsView.from_observation(obs)
+    bel = belief_lib.build_belief(jax.random.PRNGKey(10 + n), ENV, obs, catalog, config)
+    for m in (0, config.num_scenarios - 1):
+      state = jax.tree.map(lambda x: x[m], bel.state)
+      world = jax.tree.map(lambda x: x[m], bel.world)
+      expected = np.asarray(run(state, world, bel.bandwidth_mbps[m], jnp.asarray(plans)))
+      scenario = T.scenario_from_view(view, data, s, float(bel.bandwidth_mbps[m]),
+                                      np.asarray(state.session.watch_ms))
+      got = np.stack([T.score_plan(scenario, p, data, s) for p in plans])
+      np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+      checked += len(plans)
+  assert checked == 4 * 2 * ENV.num_actions ** 2
+
+
+def test_features_and_belief_inputs_equal_jax(default_data):
+  catalog, params, data = default_data
+  s = T.TorchGFNSettings()
+  config = belief_lib.BeliefConfig()
+  for obs in _observations(params):
+    view = T.ObsView.from_observation(obs)
+    np.testing.assert_allclose(T.observation_features_np(view, data, s),
+                               np.asarray(observation_features(obs, catalog, config)), atol=1e-6)
+    np.testing.assert_allclose(T.bandwidth_scenarios_np(view, s),
+                               np.asarray(belief_lib.bandwidth_scenarios(obs, config)),
+                               rtol=1e-12)
+    u = np.linspace(0.0, 0.999, 7)
+    for slot in np.flatnonzero(view.slot_valid):
+      expected = jax.vmap(belief_lib.conditional_watch_ms, in_axes=(0, None, None, None))(
+          jnp.asarray(u), catalog, obs.slot_video[slot], obs.play_ms[slot])
+      np.testing.assert_array_equal(
+          T.conditional_watch_ms_np(u, data, int(view.slot_video[slot]), int(view.play_ms[slot])),
+          np.asarray(expected))
+
+
+def test_network_equals_flax_policy():
+  if T.torch_missing():
+    pytest.skip(T.torch_missing())
+  import torch
+  ctrl = GFNController(env=ENV, horizon=2)
+  s = T.TorchGFNSettings(horizon=2)
+  params = ctrl.init_params(jax.random.PRNGKey(0))
+  net = T.make_network(s)
+  T.load_flax_params(net, params)
+  rng = np.random.default_rng(1)
+  feats = rng.random((5, s.feature_dim)).astype(np.float32)
+  cond = rng.random((5, s.cond_dim)).astype(np.float32)
+  out = ctrl.model.apply(params, jnp.asarray(feats), jnp.asarray(cond))
+  log_z = ctrl.model.apply(params, jnp.asarray(cond), method=type(ctrl.model).log_z)
+  with torch.no_grad():
+    np.testing.assert_allclose(net(torch.as_tensor(feats), torch.as_tensor(cond)).numpy(),
+                               np.asarray(out.forward_logits), atol=1e-4)
+    np.testing.assert_allclose(net.log_z_of(torch.as_tensor(cond)).numpy(), np.asarray(log_z),
+                               atol=1e-4)
+
+
+def test_trainer_update_runs_and_samples_valid_plans(default_data):
+  if T.torch_missing():
+    pytest.skip(T.torch_missing())
+  _, _, data = default_data
+  s = T.TorchGFNSettings(num_candidates=3, num_scenarios=2, hidden=(16,), num_sessions=2,
+                         rollout_steps=3)
+  trainer = T.TorchReferenceTrainer(s, data, seed=0, threads=1)
+  batch, _ = trainer.rollout()
+  assert batch["plans"].shape == (6, 3, 2) and batch["components"].shape == (6, 3, 4)
+  for plans, remaining in zip(batch["plans"], batch["remaining"]):
+    for plan in plans:
+      planned = np.zeros(s.window, int)
+      for token in plan:
+        if token < s.window * s.levels:
+          planned[token // s.levels] += 1
+      assert np.all(planned <= remaining)
+  metrics = trainer.update()
+  assert np.isfinite(metrics["loss"]) and trainer.decisions == 12
