@@ -21,9 +21,15 @@ RULE_POLICIES = {
 }
 
 
-LEARNED_POLICIES = ("gfn",)
-# Trained controllers shipped with the package (commands that made them: BUILD_NOTES.md).
-DEFAULT_CHECKPOINTS = {"gfn": Path(__file__).resolve().parents[1] / "checkpoints" / "gfn_default"}
+# Learned controllers: name -> "module:function" with `function(directory, env) -> (policy,
+# params)`, imported on first use (so that rule-only users never import training code).
+LEARNED_LOADERS = {
+    "gfn": "gfnfeeds.training.gfn_algorithm:load_controller",
+}
+LEARNED_POLICIES = tuple(LEARNED_LOADERS)
+# Trained controllers shipped with the package (commands that made them: checkpoints/README.md).
+CHECKPOINT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
+DEFAULT_CHECKPOINTS = {name: CHECKPOINT_ROOT / f"{name}_default" for name in LEARNED_LOADERS}
 
 
 def policy_names() -> tuple[str, ...]:
@@ -54,12 +60,14 @@ def load_policy(name: str, env, checkpoint: str | None = None, **overrides):
     if checkpoint is not None:
       raise ValueError(f"policy {name!r} is rule-based and takes no checkpoint")
     return make_policy(name, env, **overrides), ()
-  if name == "gfn":
+  if name in LEARNED_LOADERS:
     import dataclasses
+    import importlib
 
-    from gfnfeeds.training.gfn_algorithm import load_controller
-    path = DEFAULT_CHECKPOINTS["gfn"] if checkpoint is None else Path(checkpoint)
-    controller, params = load_controller(str(path), env)
+    module, function = LEARNED_LOADERS[name].split(":")
+    load = getattr(importlib.import_module(module), function)
+    path = DEFAULT_CHECKPOINTS[name] if checkpoint is None else Path(checkpoint)
+    controller, params = load(str(path), env)
     return dataclasses.replace(controller, **overrides), params
   raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(all_policy_names())}")
 

@@ -129,12 +129,19 @@ class Algorithm:
   place: Callable[[Any], Any] = lambda s: s
 
 
+# config.algorithm -> module with `make(config, data) -> Algorithm`, imported on use.
+ALGORITHMS = {
+    "gfn": "gfnfeeds.training.gfn_algorithm",
+}
+
+
 def make_algorithm(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
-  """The algorithm named by `config.algorithm`."""
-  if config.algorithm == "gfn":
-    from gfnfeeds.training import gfn_algorithm
-    return gfn_algorithm.make(config, data)
-  raise ValueError(f"unknown config.algorithm {config.algorithm!r}; expected 'gfn'")
+  """The algorithm named by `config.algorithm` (a key of ALGORITHMS)."""
+  if config.algorithm not in ALGORITHMS:
+    raise ValueError(f"unknown config.algorithm {config.algorithm!r}; expected one of "
+                     f"{', '.join(ALGORITHMS)}")
+  import importlib
+  return importlib.import_module(ALGORITHMS[config.algorithm]).make(config, data)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
