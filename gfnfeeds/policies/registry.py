@@ -61,15 +61,37 @@ def load_policy(name: str, env, checkpoint: str | None = None, **overrides):
       raise ValueError(f"policy {name!r} is rule-based and takes no checkpoint")
     return make_policy(name, env, **overrides), ()
   if name in LEARNED_LOADERS:
-    import dataclasses
     import importlib
 
     module, function = LEARNED_LOADERS[name].split(":")
     load = getattr(importlib.import_module(module), function)
     path = DEFAULT_CHECKPOINTS[name] if checkpoint is None else Path(checkpoint)
     controller, params = load(str(path), env)
-    return dataclasses.replace(controller, **overrides), params
+    return _replace_nested(controller, overrides), params
   raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(all_policy_names())}")
+
+
+def _replace_nested(obj, overrides: dict):
+  """dataclasses.replace that also takes dotted keys for nested dataclass fields.
+
+  Example: {"num_candidates": 1, "belief.terminal_horizon_ms": 8000}.
+
+  Raises:
+    TypeError: a name that is not a field (the message names it).
+  """
+  import dataclasses
+  flat = {k: v for k, v in overrides.items() if "." not in k}
+  nested: dict[str, dict] = {}
+  for key, value in overrides.items():
+    if "." in key:
+      head, rest = key.split(".", 1)
+      nested.setdefault(head, {})[rest] = value
+  for head, sub in nested.items():
+    if not dataclasses.is_dataclass(getattr(obj, head, None)):
+      raise TypeError(f"{type(obj).__name__} has no dataclass field {head!r} "
+                      f"(in the override {head}.{next(iter(sub))})")
+    flat[head] = _replace_nested(getattr(obj, head), sub)
+  return dataclasses.replace(obj, **flat)
 
 
 def make_policy(name: str, env=None, **kwargs) -> Policy:
@@ -99,7 +121,8 @@ def parse_policy_spec(spec: str) -> tuple[str, str | None, dict]:
   """'name[:key=value]...' -> (name, checkpoint or None, overrides).
 
   Values are read as int, then float, then kept as text; `checkpoint=DIR` names
-  the learned controller's directory. Example: 'gfn:num_candidates=1:condition=mmgc'.
+  the learned controller's directory. Example: 'gfn:num_candidates=1:condition=mmgc';
+  dotted keys set nested settings: 'gfn:belief.terminal_horizon_ms=8000'.
 
   Raises:
     ValueError: a part without '='.
