@@ -256,3 +256,18 @@ def test_bad_controller_settings_fail_clearly():
     small_controller(num_candidates=0)
   with pytest.raises(ValueError, match="bind"):
     small_controller().act(jax.random.PRNGKey(0), (), None, None)
+
+
+def test_policy_specs_set_nested_settings_and_name_bad_ones():
+  from gfnfeeds.policies.registry import load_policy, parse_policy_spec
+  name, checkpoint, overrides = parse_policy_spec(
+      "gfn:num_candidates=3:belief.terminal_horizon_ms=8000")
+  assert (name, checkpoint) == ("gfn", None)
+  policy, params = load_policy(name, ENV, checkpoint, **overrides)
+  assert policy.num_candidates == 3 and policy.belief.terminal_horizon_ms == 8000
+  assert policy.belief.num_scenarios == 8  # untouched nested fields keep the checkpoint's
+  assert jax.tree.leaves(params)
+  with pytest.raises(TypeError, match="nope"):
+    load_policy("gfn", ENV, **{"nope.x": 1})
+  with pytest.raises(TypeError, match="bogus"):
+    load_policy("gfn", ENV, **{"belief.bogus": 1})
