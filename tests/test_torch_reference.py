@@ -50,10 +50,16 @@ def _observations(params, count=4):
   return out
 
 
-def test_plan_scoring_equals_jax_run_plan(default_data):
+@pytest.mark.parametrize("swipe_in_flight", [False, True])
+def test_plan_scoring_equals_jax_run_plan(default_data, swipe_in_flight):
   catalog, params, data = default_data
-  s = T.TorchGFNSettings()
-  config = belief_lib.BeliefConfig()  # the terminal term on (weight 1)
+  s = T.TorchGFNSettings(swipe_in_flight=swipe_in_flight)
+  # The terminal term on (weight 1).
+  config = belief_lib.BeliefConfig(swipe_in_flight=swipe_in_flight)
+  plain = belief_lib.BeliefConfig()
+  run_plain = jax.jit(lambda st, w, bw, plans: jax.vmap(
+      lambda p: belief_lib.run_plan(ENV, st, w, bw, p, catalog, plain)[0])(plans))
+  changed = 0
   run = jax.jit(lambda st, w, bw, plans: jax.vmap(
       lambda p: belief_lib.run_plan(ENV, st, w, bw, p, catalog, config)[0])(plans))
   plans = np.asarray(list(itertools.product(range(ENV.num_actions), repeat=2)), np.int32)
@@ -70,7 +76,11 @@ def test_plan_scoring_equals_jax_run_plan(default_data):
       got = np.stack([T.score_plan(scenario, p, data, s) for p in plans])
       np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
       checked += len(plans)
+      changed += int(np.sum(np.any(expected != np.asarray(
+          run_plain(state, world, bel.bandwidth_mbps[m], jnp.asarray(plans))), axis=1)))
   assert checked == 4 * 2 * ENV.num_actions ** 2
+  # The swipe-in-flight path is exercised (some scenario swipes inside the window).
+  assert (changed > 0) == swipe_in_flight
 
 
 def test_features_and_belief_inputs_equal_jax(default_data):

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn.prior_mbps = 1.5
   config.gfn.terminal_weight = 1.0  # continuation term beyond the plan (0 = ablation)
   config.gfn.terminal_horizon_ms = 4000
+  config.gfn.swipe_in_flight = False  # non-clairvoyant swipe in the continuation (BUILD_NOTES 6)
 
   config.train = ml_collections.ConfigDict()
   config.train.num_sessions = 32  # per seed, sharded over local devices

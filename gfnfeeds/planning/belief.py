@@ -79,6 +79,10 @@ class BeliefConfig:
     rtt_ms: round-trip time the client assumes per chunk request.
     terminal_weight: weight of the continuation term (0 disables it: the ablation).
     terminal_horizon_ms: playback from the decision that the continuation covers.
+    swipe_in_flight: the continuation is not clairvoyant about the swipe (the
+      playing video's chunk in flight at the swipe is wasted and delays the next
+      video; BUILD_NOTES section 6). Off in the committed checkpoint, which was
+      trained without it.
   """
 
   num_scenarios: int = 8
@@ -90,6 +94,7 @@ class BeliefConfig:
   rtt_ms: float = 80.0
   terminal_weight: float = 1.0
   terminal_horizon_ms: int = 4000
+  swipe_in_flight: bool = False
 
 
 @struct.dataclass
@@ -288,6 +293,9 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
       quality and, if watched, its megabits are taken back (at the fetched
       level). What remains of such a prefetch is its true marginal effect: the
       megabits wasted when the user never gets there, and the time it took.
+    * With `swipe_in_flight`, not clairvoyant about the swipe: the playing
+      video's chunk in flight when the user swipes inside the window is wasted
+      and delays the next video.
   Without this term a short plan defers the playing video's big chunks and
   prefetches far-ahead chunks (their cost is a sure bandwidth charge but their
   quality is credited at download), and starves the playing video.
@@ -325,12 +333,25 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
   end = jnp.minimum(window_end[idc], watch[idc])
   needed = (ok[:, None] & (j < catalog.num_chunks[vid][:, None]) &
             (j * CHUNK_MS < end[:, None]))
-  fetch = jnp.where(needed, mb / bandwidth_mbps * 1000.0 + config.rtt_ms, 0.0).reshape(-1)
+  fetch = jnp.where(needed, mb / bandwidth_mbps * 1000.0 + config.rtt_ms, 0.0)
+  # The continuation does not know when the user swipes: it keeps fetching the
+  # playing video, so when the swipe falls in the window the chunk after the
+  # last watched one is in flight (if not fetched yet): wasted megabits, and time
+  # spent before the next video's first chunk can start. Only a prefetch of the
+  # next video hedges against it (without this, every scenario's continuation
+  # is clairvoyant about the swipe, and prefetching never looks useful).
+  in_flight = -(-watch[idc[0]] // CHUNK_MS)  # first chunk the user never plays
+  wasted = (config.swipe_in_flight & ok[1] & (watch[idc[0]] < window_end[idc[0]]) &
+            (c[0] <= in_flight) & (in_flight < catalog.num_chunks[vid[0]]))
+  wasted_mb = jnp.where(wasted, catalog.chunk_sizes[
+      vid[0], jnp.minimum(in_flight, catalog.max_chunks - 1), lvl[0]] * 8.0 / 1e6, 0.0)
+  wasted_ms = jnp.where(wasted, wasted_mb / bandwidth_mbps * 1000.0 + config.rtt_ms, 0.0)
+  fetch = fetch.at[1, 0].add(wasted_ms).reshape(-1)  # before the next video's chunks
   lateness = jnp.where(needed.reshape(-1), jnp.cumsum(fetch) - due.reshape(-1), 0.0)
   stall_s = jnp.maximum(jnp.max(lateness), 0.0) / 1000.0
   credited = needed & (j * CHUNK_MS < credited_end[idc][:, None])
   quality = jnp.sum(jnp.where(credited, (catalog.bitrates_kbps[lvl] / 1000.0)[:, None], 0.0))
-  megabits = jnp.sum(jnp.where(needed, mb, 0.0))
+  megabits = jnp.sum(jnp.where(needed, mb, 0.0)) + wasted_mb
   return jnp.stack([quality - back_quality, stall_s, jnp.zeros_like(stall_s),
                     megabits - back_megabits])
 

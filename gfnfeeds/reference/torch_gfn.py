@@ -104,6 +104,7 @@ class TorchGFNSettings:
   belief_rtt_ms: float = 80.0
   terminal_weight: float = 1.0
   terminal_horizon_ms: int = 4000
+  swipe_in_flight: bool = False
   # training
   reward_temperature: float = 0.25
   num_sessions: int = 32
@@ -149,7 +150,7 @@ class TorchGFNSettings:
                prior_mbps=b.prior_mbps, prior_spread=b.prior_spread, min_spread=b.min_spread,
                max_spread=b.max_spread, belief_rtt_ms=b.rtt_ms,
                terminal_weight=b.terminal_weight, terminal_horizon_ms=b.terminal_horizon_ms,
-               reward_temperature=settings.reward_temperature,
+               swipe_in_flight=b.swipe_in_flight, reward_temperature=settings.reward_temperature,
                num_sessions=settings.num_sessions, rollout_steps=settings.rollout_steps,
                relabel=settings.relabel, learning_rate=settings.learning_rate,
                log_z_learning_rate=settings.log_z_learning_rate,
@@ -486,6 +487,14 @@ def terminal_components_py(scenario: Scenario, sim: ReferenceSimulator, records,
     nchunks = len(sizes[vid])
     end = min(window_end[vid], watch[vid])
     offset = 0 if i == 0 else remaining_head
+    if i == 1 and s.swipe_in_flight:  # the chunk in flight at the swipe (see the JAX model)
+      p_lvl = max(sim._levels[play][-1], 0) if sim._levels[play] else 0
+      in_flight = -(-watch[play] // CHUNK_MS)
+      if (watch[play] < window_end[play] and sim._counter[play] <= in_flight
+          and in_flight < len(sizes[play])):
+        mb = sizes[play][in_flight][p_lvl] * 8.0 / 1e6
+        clock += mb / scenario.bandwidth_mbps * 1000.0 + s.belief_rtt_ms
+        megabits += mb
     for k in range(count):
       j = c + k
       if j >= nchunks or j * CHUNK_MS >= end:

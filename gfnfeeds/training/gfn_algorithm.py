@@ -33,7 +33,8 @@ def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> 
   g = config.gfn
   belief = BeliefConfig(num_scenarios=int(g.num_scenarios), prior_mbps=float(g.prior_mbps),
                         terminal_weight=float(g.terminal_weight),
-                        terminal_horizon_ms=int(g.terminal_horizon_ms))
+                        terminal_horizon_ms=int(g.terminal_horizon_ms),
+                        swipe_in_flight=bool(g.get("swipe_in_flight", False)))
   return GFNController(env=env, horizon=int(g.horizon), num_candidates=int(g.num_candidates),
                        belief=belief, hidden=tuple(int(h) for h in g.hidden),
                        flow_head=g.loss != "tb", epsilon=float(g.epsilon),
