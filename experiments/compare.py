@@ -54,12 +54,13 @@ def main(argv):
   print(f"network={FLAGS.network} class={FLAGS.trace_class} split={FLAGS.split} "
         f"traces={setup.num_traces} users={FLAGS.users} preferences={FLAGS.preferences} "
         f"sessions={len(setup.table)}", flush=True)
+  labels = {n: evaluation.policy_label(n, p) for n, (p, _) in policies.items()}
   results, seconds = {}, {}
   for name, (policy, policy_params) in policies.items():
     t0 = time.perf_counter()
     results[name] = common.run_policy(setup, policy, policy_params)
     seconds[name] = time.perf_counter() - t0
-    print(f"  {name}: {seconds[name]:.1f}s", flush=True)
+    print(f"  {labels[name]}: {seconds[name]:.1f}s", flush=True)
   summaries = {n: evaluation.summarize(m, FLAGS.columns) for n, m in results.items()}
   diffs = {}
   if FLAGS.reference:
@@ -69,7 +70,8 @@ def main(argv):
   print("\n| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for n in results:
-    cells = [n] + [f"{summaries[n][c][0]:.3f} ± {summaries[n][c][1]:.3f}" for c in FLAGS.columns]
+    cells = [labels[n]] + [f"{summaries[n][c][0]:.3f} ± {summaries[n][c][1]:.3f}"
+                           for c in FLAGS.columns]
     if diffs:
       cells.append(f"{diffs[n][0]:+.3f} ± {diffs[n][1]:.3f}")
     print("| " + " | ".join(cells) + " |")

@@ -48,13 +48,14 @@ def main(argv):
   setup = common.build_setup("evaluate")
   policy, policy_params = common.load_policy_from_flags("evaluate", FLAGS.policy, setup.env)
   table = setup.table
-  print(f"policy={FLAGS.policy} traces={setup.num_traces} videos={setup.num_videos} "
+  label = evaluation.policy_label(FLAGS.policy, policy)
+  print(f"policy={label} traces={setup.num_traces} videos={setup.num_videos} "
         f"users={FLAGS.users} preferences={FLAGS.preferences} sessions={len(table)}", flush=True)
   t0 = time.perf_counter()
   metrics = common.run_policy(setup, policy, policy_params)
   elapsed = time.perf_counter() - t0
   summary = evaluation.summarize(metrics)
-  print(evaluation.format_summary(f"{FLAGS.policy} on {FLAGS.network}", summary, len(table)))
+  print(evaluation.format_summary(f"{label} on {FLAGS.network}", summary, len(table)))
   incomplete = int(np.sum(~metrics["completed"]))
   if incomplete:
     print(f"  warning: {incomplete} sessions hit --max_steps={FLAGS.max_steps} before ending")

@@ -154,6 +154,13 @@ def run_sessions(env: FeedsEnv, policy, params: EnvParams, table: SessionTable, 
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
+def policy_label(name: str, policy) -> str:
+  """The name printed for a policy: upper bounds (the clairvoyant oracle) say so."""
+  if getattr(policy, "upper_bound", False) and "upper bound" not in name:
+    return f"{name} (upper bound)"
+  return name
+
+
 def mean_ci(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
   """Mean and the half-width of its normal-approximation 95% confidence interval."""
   x = np.asarray(x, np.float64)

@@ -45,6 +45,10 @@ def make_autoreset_rollout(env: FeedsEnv, policy, num_steps: int):
   re-initialised with them. This is the training/benchmark loop shape.
   """
 
+  if getattr(policy, "clairvoyant", False):
+    raise ValueError(f"{policy.name} reads the World and runs only in make_session_evaluator "
+                     "(explicit sessions), not in auto-reset rollouts")
+
   def one_session(key, params: EnvParams):
     k_reset, k_loop = jax.random.split(key)
     obs, state = env.reset(k_reset, params)
@@ -73,18 +77,30 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
   steps that stops when every session has ended or after `max_steps`
   (default env.max_steps); ended sessions are frozen. Use it to compare
   policies on exactly the same sessions.
+
+  A clairvoyant policy (`clairvoyant` marker, gfnfeeds.policies.base.ClairvoyantPolicy:
+  the oracle upper bound, the one declared reader of the World) gets the true
+  EnvState, the EnvParams and the decision limit: `init_clairvoyant(obs, state,
+  params, limit)` and `act_clairvoyant(key, pstate, obs, state, params, limit)`.
   """
   limit = env.max_steps if max_steps is None else int(max_steps)
 
   def evaluate(sessions: Session, keys: jax.Array, params: EnvParams, policy_params=()):
     bound = policy.bind(policy_params)
+    clairvoyant = getattr(bound, "clairvoyant", False)
     obs, state = jax.vmap(env.reset_to_session, in_axes=(0, None))(sessions, params)
-    pstate = jax.vmap(bound.init, in_axes=(0, None))(obs, params.catalog)
+    if clairvoyant:
+      pstate = jax.vmap(lambda o, s: bound.init_clairvoyant(o, s, params, limit))(obs, state)
+    else:
+      pstate = jax.vmap(bound.init, in_axes=(0, None))(obs, params.catalog)
     done = jnp.zeros(keys.shape[:1], bool)
 
     def one_step(key, obs, state, pstate, done):
       k_act, k_step = jax.random.split(key)
-      action, pstate_n = bound.act(k_act, pstate, obs, params.catalog)
+      if clairvoyant:
+        action, pstate_n = bound.act_clairvoyant(k_act, pstate, obs, state, params, limit)
+      else:
+        action, pstate_n = bound.act(k_act, pstate, obs, params.catalog)
       obs_n, state_n, _, terminated, truncated, _ = env.step_env(k_step, state, action, params)
       ended = terminated | truncated | (state_n.steps >= limit)
       keep = done

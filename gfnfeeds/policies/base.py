@@ -62,3 +62,29 @@ class RandomValidPolicy(Policy):
     r = jnp.minimum(jnp.floor(jax.random.uniform(key, (), jnp.float64) * count), count - 1)
     index = jnp.argmax(jnp.logical_and(mask, jnp.cumsum(mask) - 1 == r)).astype(jnp.int32)
     return self.env.action_from_index(index), policy_state
+
+
+@dataclasses.dataclass(frozen=True)
+class ClairvoyantPolicy(Policy):
+  """A policy that reads the hidden World: the declared exception of SYSTEM.md section 2.
+
+  Only upper-bound references (the clairvoyant oracle) subclass it. The session
+  evaluator (`gfnfeeds.env.rollout.make_session_evaluator`) recognises the
+  `clairvoyant` marker and calls `init_clairvoyant` / `act_clairvoyant` with
+  the true environment state and EnvParams (World included) and the evaluator's
+  decision limit, instead of `init` / `act`. `act` itself refuses to run.
+  """
+
+  clairvoyant = True  # class attribute, not a field
+
+  def init_clairvoyant(self, obs: Observation, state, params, limit: int) -> PolicyState:
+    raise NotImplementedError
+
+  def act_clairvoyant(self, key: jax.Array, policy_state: PolicyState, obs: Observation,
+                      state, params, limit: int) -> tuple[Action, PolicyState]:
+    raise NotImplementedError
+
+  def act(self, key, policy_state, obs, catalog):
+    raise TypeError(f"{self.name} reads the World: run it with "
+                    f"gfnfeeds.env.rollout.make_session_evaluator (gfnfeeds.evaluation."
+                    f"run_sessions), which passes the true state; it has no Observation-only act")

@@ -222,6 +222,28 @@ def plan_cond(obs_features, weights, remaining) -> dict:
           "remaining": remaining}
 
 
+def select_plan(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catalog,
+                plans: jax.Array, weights: jax.Array, config: belief_lib.BeliefConfig
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Scores candidate plans in the belief scenarios and picks the best (the argmax selector).
+
+  Shared by every planner that proposes plans of the discrete action set (the
+  GFlowNet controller, random-shooting MPC). Reads the Observation and Catalog only.
+
+  Args:
+    key: PRNG key of the belief scenarios (watch draws).
+    plans: int32 [K, H] tokens.
+    weights: float64 [4] the selection weights w.
+
+  Returns:
+    (components float64 [K, 4], utilities float64 [K] = U_w, best int32 = argmax).
+  """
+  bel = belief_lib.build_belief(key, env, obs, catalog, config)
+  components = belief_lib.score_plans(env, bel, plans, catalog, config)
+  utilities = belief_lib.utility(components, weights)
+  return components, utilities, jnp.argmax(utilities).astype(jnp.int32)
+
+
 # ----------------------------------------------------------------- the controller
 @struct.dataclass
 class Decision:
@@ -332,10 +354,8 @@ class GFNController(Policy):
       utilities = jnp.zeros((1,), jnp.float64)
       best = jnp.zeros((), jnp.int32)
     else:
-      bel = belief_lib.build_belief(k_belief, self.env, obs, catalog, self.belief)
-      components = belief_lib.score_plans(self.env, bel, plans, catalog, self.belief)
-      utilities = belief_lib.utility(components, weights)
-      best = jnp.argmax(utilities).astype(jnp.int32)
+      components, utilities, best = select_plan(k_belief, self.env, obs, catalog, plans,
+                                                weights, self.belief)
     return Decision(action_index=plans[best, 0], plans=plans, components=components,
                     utilities=utilities, best=best, obs_features=feats, remaining=remaining,
                     weights=weights)

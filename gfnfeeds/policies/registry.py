@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gfnfeeds.policies.base import Policy
+from gfnfeeds.policies.oracle import ClairvoyantOracle
+from gfnfeeds.policies.random_shooting import RandomShootingMPC
 from gfnfeeds.policies.rules import FixedPreload, MpcFixedPreload, NoSave, Pdas, PdasPersonalized
 
 RULE_POLICIES = {
@@ -18,6 +20,10 @@ RULE_POLICIES = {
     "mpc_fixed_preload": MpcFixedPreload,
     "pdas": Pdas,
     "pdas_w": PdasPersonalized,
+    # References without training (SYSTEM.md section 7): the GFlowNet's planner with random
+    # plans, and the clairvoyant oracle, an UPPER BOUND that reads the World.
+    "random_shooting": RandomShootingMPC,
+    "oracle": ClairvoyantOracle,
 }
 
 
@@ -101,19 +107,21 @@ def make_policy(name: str, env=None, **kwargs) -> Policy:
     name: one of policy_names().
     env: the FeedsEnv the policy will act in. The rule-based policies act
       through explicit Actions and size themselves from the catalog, so they
-      do not need it; it is part of the signature so that learned policies
-      (which use the env's discrete action set) are built the same way.
+      do not need it; policies with an `env` field (random_shooting, oracle:
+      the env's discrete action set and dynamics) get it.
     **kwargs: field overrides, e.g. make_policy("pdas", env, sleep_ms=100).
 
   Raises:
     ValueError: unknown name (the message lists the valid ones).
     TypeError: a keyword that is not a field of that policy.
   """
-  del env
   try:
     cls = RULE_POLICIES[name]
   except KeyError:
     raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(policy_names())}") from None
+  import dataclasses
+  if env is not None and "env" in {f.name for f in dataclasses.fields(cls)}:
+    kwargs.setdefault("env", env)  # planners over the env's discrete action set / dynamics
   return cls(**kwargs)
 
 

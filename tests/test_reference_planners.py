@@ -1,0 +1,199 @@
+"""The reference planners: random-shooting MPC (observation only) and the clairvoyant oracle
+(the upper bound that reads the World). Default embedded data, tiny shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gfnfeeds import evaluation
+from gfnfeeds.data.datasets import load_network_arg, load_videos_arg
+from gfnfeeds.data.packing import pack_catalog, pack_world
+from gfnfeeds.env.feeds import FeedsEnv
+from gfnfeeds.env.preferences import archetype_preferences
+from gfnfeeds.env.rollout import make_autoreset_rollout
+from gfnfeeds.planning import belief as belief_lib
+from gfnfeeds.policies.base import ClairvoyantPolicy
+from gfnfeeds.policies.oracle import ClairvoyantOracle
+from gfnfeeds.policies.random_shooting import RandomShootingMPC, plan_dag
+from gfnfeeds.policies.registry import RULE_POLICIES, load_policy, make_policy
+
+ENV = FeedsEnv()
+SHORT_ENV = FeedsEnv(num_videos=3)  # 3-video sessions: the oracle's cost grows as decisions^2
+TINY_BELIEF = belief_lib.BeliefConfig(num_scenarios=2)
+
+
+@pytest.fixture(scope="module")
+def default_data():
+  traces, _ = load_network_arg("default")
+  videos, ladder = load_videos_arg("default")
+  catalog = pack_catalog(videos, ladder)
+  return traces, videos, catalog
+
+
+@pytest.fixture(scope="module")
+def params(default_data):
+  traces, _, catalog = default_data
+  return ENV.make_params(catalog, pack_world(traces), archetype_preferences())
+
+
+def rs(**kw) -> RandomShootingMPC:
+  base = dict(env=ENV, horizon=2, num_candidates=4, belief=TINY_BELIEF)
+  base.update(kw)
+  return RandomShootingMPC(**base)
+
+
+def observations(params, n=6, key=0):
+  """A few observations along a session (downloading the playing video at level 1)."""
+  obs, state = ENV.reset(jax.random.PRNGKey(key), params)
+  out = []
+  for t in range(n):
+    out.append(obs)
+    obs, state, *_ = ENV.step(jax.random.PRNGKey(t), state, jnp.asarray(1), params)
+  return out
+
+
+# ----------------------------------------------------------------- random shooting
+def test_random_shooting_plans_are_valid_and_seeded(params):
+  policy = rs(horizon=3, num_candidates=6)
+  dag = plan_dag(ENV, 3)
+  decide = jax.jit(policy.decide)
+  catalog = params.catalog
+  for obs in observations(params, 4):
+    index, plans, utilities = decide(jax.random.PRNGKey(3), obs, catalog)
+    plans = np.asarray(plans)
+    remaining = jnp.where(obs.slot_valid, obs.num_chunks - obs.chunks_downloaded, 0)
+    cond = {"features": jnp.zeros((0,)), "remaining": remaining}
+    for plan in plans:  # every token allowed by the plan DAG after its prefix
+      s = dag.init(cond)
+      for token in plan:
+        assert bool(dag.forward_mask(s, cond)[int(token)])
+        s = dag.step(s, jnp.asarray(int(token)), cond)
+    assert bool(obs.action_mask[int(index)])  # the executed action is valid
+    assert int(index) == int(plans[int(np.argmax(np.asarray(utilities))), 0])
+    # Same key: same plans and decision; other keys: other plans.
+    again = decide(jax.random.PRNGKey(3), obs, catalog)
+    np.testing.assert_array_equal(np.asarray(again[1]), plans)
+    others = [np.asarray(decide(jax.random.PRNGKey(k), obs, catalog)[1]) for k in (4, 5, 6)]
+    assert any(not np.array_equal(o, plans) for o in others)
+
+
+def test_random_shooting_masks_hold_when_videos_run_out(params):
+  """Slots without chunks left never get a download token."""
+  policy = rs(num_candidates=16)
+  obs = observations(params, 2)[1]
+  remaining = np.asarray([1, 0, 0, 3, 0], np.int32)
+  obs = obs.replace(chunks_downloaded=jnp.asarray(obs.num_chunks - remaining, jnp.int32),
+                    action_mask=jnp.concatenate([jnp.repeat(jnp.asarray(remaining > 0), 3),
+                                                 jnp.ones((1,), bool)]))
+  _, plans, _ = jax.jit(policy.decide)(jax.random.PRNGKey(0), obs, params.catalog)
+  plans = np.asarray(plans)
+  slots = np.where(plans < 15, plans // 3, -1)
+  assert not np.isin(slots, [1, 2, 4]).any()
+  assert (np.sum(slots == 0, axis=1) <= 1).all()  # one chunk left in slot 0: at most once a plan
+
+
+def test_random_shooting_uses_only_the_observation(params):
+  """Changing the trace after the cursor changes no decision until the cursor gets there, and
+  the controller is the GFlowNet's selector: utilities are w . components of the belief."""
+  policy = rs()
+  world = params.world
+  obs, state = ENV.reset(jax.random.PRNGKey(5), params)
+  row = int(state.ptr) + 6
+  params_b = params.replace(world=world.replace(trace_mbps=world.trace_mbps.at[:, row:].multiply(
+      3.0)))
+  state_b = state
+
+  @jax.jit
+  def step(key, state, params):
+    o = ENV.get_obs(state, params)
+    index, plans, utilities = policy.decide(key, o, params.catalog)
+    _, nxt, *_ = ENV.step_env(key, state, index, params)
+    return (index, plans, utilities), nxt
+
+  revealed, steps_before = False, 0
+  for t in range(25):
+    key = jax.random.PRNGKey(100 + t)
+    da, state = step(key, state, params)
+    db, state_b = step(key, state_b, params_b)
+    if not revealed:
+      steps_before += 1
+      for a, b in zip(da, db):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    revealed = revealed or int(state.ptr) >= row
+  assert revealed and steps_before >= 3
+
+
+def test_random_shooting_vmap_equals_single_and_runs_in_sessions(default_data, params):
+  traces, videos, catalog = default_data
+  policy = rs()
+  obs_list = observations(params, 3)
+  batch = jax.tree.map(lambda *x: jnp.stack(x), *obs_list)
+  keys = jax.random.split(jax.random.PRNGKey(9), 3)
+  act = jax.jit(jax.vmap(lambda k, o: policy.act(k, (), o, catalog)[0]))
+  batched = act(keys, batch)
+  for i, o in enumerate(obs_list):
+    single = jax.jit(lambda k, o: policy.act(k, (), o, catalog)[0])(keys[i], o)
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+      assert int(a[i]) == int(b)
+  # Registry: built with the env, runs through the evaluator without invalid actions.
+  made = make_policy("random_shooting", ENV, num_candidates=3)
+  assert made.env == ENV and made.num_candidates == 3 and made.horizon == 2
+
+
+# ----------------------------------------------------------------- the oracle
+@pytest.fixture(scope="module")
+def short_sessions(default_data):
+  traces, videos, catalog = default_data
+  prefs = archetype_preferences()
+  params = SHORT_ENV.make_params(catalog, pack_world(traces, videos_per_session=3), prefs)
+  table = evaluation.build_sessions(SHORT_ENV, videos, catalog, [t.name for t in traces],
+                                    [len(t) for t in traces], "sampled:4", "sampled", prefs,
+                                    seed=0, num_sessions=6, random_offset=True)
+  return params, table
+
+
+def test_oracle_is_labelled_and_refuses_observation_only_use(params):
+  oracle = make_policy("oracle", ENV)
+  assert isinstance(oracle, ClairvoyantPolicy) and oracle.env == ENV
+  assert "upper bound" in oracle.name
+  assert evaluation.policy_label("oracle", oracle) == "oracle (upper bound)"
+  assert evaluation.policy_label("pdas", make_policy("pdas")) == "pdas"
+  obs = observations(params, 1)[0]
+  with pytest.raises(TypeError, match="reads the World"):
+    oracle.act(jax.random.PRNGKey(0), (), obs, params.catalog)
+  with pytest.raises(ValueError, match="reads the World"):
+    make_autoreset_rollout(ENV, oracle, 4)
+  assert {"random_shooting", "oracle"} <= set(RULE_POLICIES)
+
+
+def test_oracle_is_never_beaten(short_sessions):
+  """On every sampled session the oracle scores at least as much as every rule controller
+  (proved: they seed its incumbent), random shooting and the trained GFlowNet controller
+  (not proved: checked), never executes an invalid action, and its incumbent-only variant
+  scores exactly the best rule controller."""
+  params, table = short_sessions
+  scores = {}
+  for name in ("no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w",
+               "random_shooting", "gfn"):
+    overrides = {"num_candidates": 4} if name == "random_shooting" else {}
+    policy, pp = load_policy(name, SHORT_ENV, **overrides)
+    scores[name] = evaluation.run_sessions(SHORT_ENV, policy, params, table, seed=0,
+                                           policy_params=pp)["score"]
+  oracle = evaluation.run_sessions(SHORT_ENV, make_policy("oracle", SHORT_ENV), params, table,
+                                   seed=0)
+  assert int(np.sum(oracle["invalid_actions"])) == 0
+  assert bool(np.all(oracle["completed"]))
+  for name, s in scores.items():
+    assert np.all(oracle["score"] >= s - 1e-9), (name, oracle["score"] - s)
+  rules = np.max(np.stack([scores[n] for n in ("no_save", "fixed_preload", "mpc_fixed_preload",
+                                                "pdas", "pdas_w")]), axis=0)
+  # The local search improves on the best rule somewhere in the sample.
+  assert np.any(oracle["score"] > rules + 1e-6)
+  seed_only = evaluation.run_sessions(
+      SHORT_ENV, ClairvoyantOracle(env=SHORT_ENV, local_search=False), params, table, seed=0)
+  np.testing.assert_allclose(seed_only["score"], rules, rtol=0, atol=1e-9)
