@@ -115,7 +115,10 @@ def load_policy_from_flags(program: str, name: str, env: FeedsEnv):
   elif FLAGS.gfn_candidates is not None or FLAGS.gfn_condition is not None:
     fail(program, f"--gfn_candidates/--gfn_condition apply to --policy=gfn, not {name!r}")
   try:
-    return load_policy(name, env, FLAGS.checkpoint if name == "gfn" else None, **overrides)
+    from gfnfeeds.policies.registry import LEARNED_LOADERS
+    if FLAGS.checkpoint is not None and name not in LEARNED_LOADERS:
+      fail(program, f"--checkpoint applies to learned policies, not {name!r}")
+    return load_policy(name, env, FLAGS.checkpoint, **overrides)
   except (ValueError, OSError) as e:
     fail(program, str(e))
 

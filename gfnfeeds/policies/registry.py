@@ -31,6 +31,8 @@ RULE_POLICIES = {
 # params)`, imported on first use (so that rule-only users never import training code).
 LEARNED_LOADERS = {
     "gfn": "gfnfeeds.training.gfn_algorithm:load_controller",
+    "incendio": "gfnfeeds.training.incendio_algorithm:load_controller",
+    "dam": "gfnfeeds.training.dam_algorithm:load_controller",
 }
 LEARNED_POLICIES = tuple(LEARNED_LOADERS)
 # Trained controllers shipped with the package (commands that made them: checkpoints/README.md).

@@ -132,6 +132,8 @@ class Algorithm:
 # config.algorithm -> module with `make(config, data) -> Algorithm`, imported on use.
 ALGORITHMS = {
     "gfn": "gfnfeeds.training.gfn_algorithm",
+    "incendio": "gfnfeeds.training.incendio_algorithm",
+    "dam": "gfnfeeds.training.dam_algorithm",
 }
 
 
