@@ -12,6 +12,14 @@ reference starters break near-ties of their MPC rewards on such bits.
 not a broadcast, so the compiled program keeps a true IEEE division. (XLA does
 not fold 0 * x for floats: it would change inf and NaN.) The parity tests
 against the plain-Python starters guard this.
+
+XLA's CPU backend also contracts a multiply feeding an add into one fused
+multiply-add (one rounding instead of two) wherever both land in the same
+kernel, and which ones do depends on how the surrounding program is fused. A
+value accumulated as `total + a * b` can then differ in its last bit between
+two programs that compute the same step (vmap(step) and a batched step, say),
+and from plain Python. `exact_mul` rounds the product on its own, so the sum
+that follows is the same plain-Python sum in every program.
 """
 
 from __future__ import annotations
@@ -28,3 +36,12 @@ def exact_div(x, divisor):
   """
   x = jnp.asarray(x, jnp.float64)
   return x / (divisor + 0.0 * x)
+
+
+def exact_mul(x, y):
+  """x * y rounded on its own (never fused into a following add), elementwise.
+
+  Use it for products that are then added to an accumulator or compared, where
+  the result must not depend on how XLA fuses the program (module docstring).
+  """
+  return exact_div(jnp.asarray(x, jnp.float64) * y, 1.0)

@@ -32,9 +32,11 @@ from flax import struct
 from gfnfeeds.data.packing import Catalog, World
 from gfnfeeds.env import environment
 from gfnfeeds.env.preferences import PreferenceSampler, fixed_preferences
-from gfnfeeds.numerics import exact_div
+from gfnfeeds.numerics import exact_div, exact_mul
 
 CHUNK_MS = 1000  # every chunk holds one second of video
+# Trace rows per trip of the exact transmit loop (a speed knob; results never depend on it).
+TRANSMIT_UNROLL = 4
 
 
 @struct.dataclass
@@ -204,6 +206,26 @@ def transmit(world: World, trace_index, ptr, last_t, size_bytes, payload_portion
   Returns (elapsed_s, ptr, last_t). The arithmetic follows the reference step by
   step (sequential float64 accumulation, strict '>' test) so delays round alike.
   """
+  carry, _ = _transmit_loop((world, payload_portion), (trace_index, size_bytes),
+                            _transmit_start(ptr, last_t), None)
+  return carry[3], carry[0], carry[1]
+
+
+def _transmit_start(ptr, last_t):
+  """The transmit loop's carry at the cursor: (ptr, last_t, sent, elapsed, done)."""
+  zero = jnp.zeros((), jnp.float64)
+  return (jnp.asarray(ptr, jnp.int32), jnp.asarray(last_t, jnp.float64), zero, zero,
+          jnp.asarray(False))
+
+
+def _transmit_loop(shared, lane, carry, max_rows: int | None):
+  """Runs the transmit loop from `carry` over at most `max_rows` rows (None: to the end).
+
+  shared = (world, payload_portion); lane = (trace_index, size_bytes). Returns
+  (carry, finished), in the form `environment.batched_loop` takes.
+  """
+  world, payload_portion = shared
+  trace_index, size_bytes = lane
   n = world.trace_len[trace_index]
   t0 = world.trace_times[trace_index, 0]
 
@@ -215,7 +237,7 @@ def transmit(world: World, trace_index, ptr, last_t, size_bytes, payload_portion
     throughput = world.trace_mbps[trace_index, ptr] * 1e6 / 8.0
     t_row = world.trace_times[trace_index, ptr]
     slot = t_row - last_t
-    payload = throughput * slot * payload_portion
+    payload = exact_mul(throughput * slot, payload_portion)  # summed next: no FMA
     finish = sent + payload > size_bytes
     # exact_div: XLA would otherwise multiply by a reciprocal under vmap and
     # lose the last bit that the ms rounding can depend on.
@@ -227,10 +249,7 @@ def transmit(world: World, trace_index, ptr, last_t, size_bytes, payload_portion
             jnp.where(finish, elapsed + fraction, elapsed + slot),
             finish)
 
-  zero = jnp.zeros((), jnp.float64)
-  ptr, last_t, _, elapsed, _ = jax.lax.while_loop(
-      cond, body, (ptr, last_t, zero, zero, jnp.asarray(False)))
-  return elapsed, ptr, last_t
+  return environment.bounded_while(cond, body, carry, max_rows, unroll=TRANSMIT_UNROLL)
 
 
 def advance_clock(world: World, trace_index, ptr, last_t, seconds):
@@ -261,7 +280,35 @@ def play(state: EnvState, duration_ms, num_videos: int):
   Playback crosses swipes within the action; a stall makes the whole leftover
   time rebuffering.
   """
-  watch = state.session.watch_ms
+  carry, _ = _play_loop(num_videos, _play_lane(state), _play_start(state, duration_ms), None)
+  return _play_result(carry, duration_ms)
+
+
+def _play_lane(state: EnvState):
+  return state.session.watch_ms, state.pending_waste
+
+
+def _play_start(state: EnvState, duration_ms):
+  """The playback loop's carry: (time left, play_id, buffer_ms, timeline_ms, stalled, waste)."""
+  return (jnp.asarray(duration_ms, jnp.int32), state.play_id, state.buffer_ms,
+          state.timeline_ms, jnp.asarray(False), jnp.zeros((), jnp.float64))
+
+
+def _play_result(carry, duration_ms):
+  t_left, play_id, buffer_ms, timeline_ms, stalled, waste = carry
+  rebuf = jnp.where(stalled, t_left, 0)
+  dropped = jnp.where(stalled, 0, t_left)
+  played = duration_ms - t_left
+  return buffer_ms, timeline_ms, play_id, rebuf, played, dropped, waste
+
+
+def _play_loop(num_videos: int, lane, carry, max_videos: int | None):
+  """Runs playback from `carry`, one iteration per video played into, at most `max_videos`.
+
+  lane = (watch_ms [V], pending_waste [V]). Returns (carry, finished), in the
+  form `environment.batched_loop` takes.
+  """
+  watch, pending_waste = lane
 
   def cond(c):
     t_left, play_id, _, _, stalled, _ = c
@@ -278,17 +325,11 @@ def play(state: EnvState, duration_ms, num_videos: int):
     timeline_ms = _onehot_set(timeline_ms, head, timeline_ms[head] + played)
     buffer_ms = _onehot_set(buffer_ms, head, jnp.maximum(buf - x, 0))
     swipe = played == remain
-    waste = waste + jnp.where(swipe, state.pending_waste[head], 0.0)
+    waste = waste + jnp.where(swipe, pending_waste[head], 0.0)
     return (t_left - played, play_id + swipe.astype(jnp.int32), buffer_ms, timeline_ms,
             buf - x < 0, waste)
 
-  init = (jnp.asarray(duration_ms, jnp.int32), state.play_id, state.buffer_ms,
-          state.timeline_ms, jnp.asarray(False), jnp.zeros((), jnp.float64))
-  t_left, play_id, buffer_ms, timeline_ms, stalled, waste = jax.lax.while_loop(cond, body, init)
-  rebuf = jnp.where(stalled, t_left, 0)
-  dropped = jnp.where(stalled, 0, t_left)
-  played = duration_ms - t_left
-  return buffer_ms, timeline_ms, play_id, rebuf, played, dropped, waste
+  return environment.bounded_while(cond, body, carry, max_videos)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +357,12 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
   reference_quirks: bool = False
   max_steps: int = 4096
   num_levels_hint: int = 3
+  # step_env_batch tuning (results never depend on them): a batch first runs every
+  # session with transmit unrolled over this many trace rows and playback over this
+  # many videos, then recomputes the few sessions that needed more with the exact
+  # loops (BUILD_NOTES.md, environment speed).
+  batch_transmit_rows: int = 6
+  batch_play_videos: int = 2
   step_uses_key = False  # the dynamics are deterministic given the session
 
   # ----------------------------------------------------------------- params
@@ -431,9 +478,54 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
 
   def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
     del key  # the dynamics are deterministic given the session
+    return self._outputs(self._transition(state, action, params), params)
+
+  def step_env_batch(self, keys: jax.Array, state: EnvState, action, params: EnvParams):
+    """`jax.vmap(step_env)` over a batch, bit for bit, with the slow minority handled apart.
+
+    Under vmap, the trace integration and the playback loop run as many
+    iterations as the slowest session of the batch: a download crosses one
+    trace row at the median and ten or more in a few sessions, playback
+    crosses a swipe in 2% of steps. Here both loops run bounded
+    (`batch_transmit_rows`, `batch_play_videos`, unrolled) for every session and
+    continue exactly only for the sessions that needed more
+    (`environment.batched_loop`); the phases around them are the same code as
+    `step_env`'s, vmapped.
+    """
+    del keys
+    n = state.steps.shape[0]
+    ctx, tx_lane, tx_carry = jax.vmap(self._before_transmit, in_axes=(0, 0, None))(
+        state, action, params)
+    shared = (params.world, params.payload_portion)
+    tx_carry = environment.batched_loop(
+        lambda lane, carry, bound: _transmit_loop(shared, lane, carry, bound), tx_lane, tx_carry,
+        self.batch_transmit_rows, max(1, n // 16))
+    ctx, play_lane, play_carry = jax.vmap(self._before_play, in_axes=(0, 0, 0, None))(
+        state, ctx, tx_carry, params)
+    play_carry = environment.batched_loop(
+        lambda lane, carry, bound: _play_loop(self.num_videos, lane, carry, bound), play_lane,
+        play_carry, self.batch_play_videos, max(1, n // 128))
+    transition = jax.vmap(self._after_play, in_axes=(0, 0, 0, None))(state, ctx, play_carry,
+                                                                    params)
+    return jax.vmap(self._outputs, in_axes=(0, None))(transition, params)
+
+  def _transition(self, state: EnvState, action, params: EnvParams):
+    """One decision: (new state, reward, terminated, truncated, info).
+
+    Three phases around the two loops (trace integration, playback), so that
+    `step_env_batch` can run the loops batch-wide and the phases vmapped.
+    """
+    ctx, tx_lane, tx_carry = self._before_transmit(state, action, params)
+    tx_carry, _ = _transmit_loop((params.world, params.payload_portion), tx_lane, tx_carry, None)
+    ctx, play_lane, play_carry = self._before_play(state, ctx, tx_carry, params)
+    play_carry, _ = _play_loop(self.num_videos, play_lane, play_carry, None)
+    return self._after_play(state, ctx, play_carry, params)
+
+  def _before_transmit(self, state: EnvState, action, params: EnvParams):
+    """Validity, the scored terms and the download's bookkeeping: (ctx, transmit lane, carry)."""
     if not isinstance(action, Action):
       action = self.action_from_index(action)
-    catalog, world, s = params.catalog, params.world, state.session
+    catalog, s = params.catalog, state.session
     num_levels = catalog.num_levels
     br = catalog.bitrates_kbps
     n_chunks_v = catalog.num_chunks[s.video_ids]  # [V]
@@ -487,12 +579,18 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
                                 state.pending_waste[vid_c] + size, is_download & beyond_watch)
     last_watched_level = _onehot_set(state.last_watched_level, vid_c, level_c, at_last)
 
+    ctx = dict(is_download=is_download, invalid=invalid, sleep_eff=sleep_eff, vid_c=vid_c, c=c, level_c=level_c, quality_kbps=quality_kbps, smooth_kbps=smooth_kbps, size=size, pending_waste=pending_waste, last_watched_level=last_watched_level)
+    return ctx, (s.trace_index, size), _transmit_start(state.ptr, state.last_t)
+
+  def _before_play(self, state: EnvState, ctx: dict, tx_carry, params: EnvParams):
+    """The action's wall time from the finished transmit: (ctx, playback lane, carry)."""
+    world, s, is_download = params.world, state.session, ctx["is_download"]
+    sleep_eff = ctx["sleep_eff"]
     # 4. Network (download only) and the action's wall time.
-    elapsed_s, ptr, last_t = transmit(world, s.trace_index, state.ptr, state.last_t, size,
-                                      params.payload_portion)
+    ptr, last_t, elapsed_s = tx_carry[0], tx_carry[1], tx_carry[3]
     ptr = jnp.where(is_download, ptr, state.ptr)
     last_t = jnp.where(is_download, last_t, state.last_t)
-    delay_ms = jnp.floor(elapsed_s * 1000.0 + params.rtt_ms + 0.5).astype(jnp.int32)
+    delay_ms = jnp.floor(exact_mul(elapsed_s, 1000.0) + params.rtt_ms + 0.5).astype(jnp.int32)
     duration_ms = jnp.where(is_download, delay_ms, sleep_eff)
     dead_s = jnp.where(is_download, params.rtt_ms / 1000.0, sleep_eff / 1000.0)
     ptr, last_t = jax.lax.cond(
@@ -500,10 +598,22 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
         lambda a: advance_clock(world, s.trace_index, a[0], a[1], a[2]),
         lambda a: (a[0], a[1]), (ptr, last_t, dead_s))
 
-    # 5. Playback with swipes and stalls.
-    state_pb = state.replace(pending_waste=pending_waste)
-    buffer_ms, timeline_ms, play_id, rebuf_ms, played_ms, dropped_ms, waste = play(
-        state_pb, duration_ms, self.num_videos)
+    # 5. Playback with swipes and stalls (the loop runs between the phases).
+    state_pb = state.replace(pending_waste=ctx["pending_waste"])
+    ctx = dict(ctx, ptr=ptr, last_t=last_t, delay_ms=delay_ms, duration_ms=duration_ms)
+    return ctx, _play_lane(state_pb), _play_start(state_pb, duration_ms)
+
+  def _after_play(self, state: EnvState, ctx: dict, play_carry, params: EnvParams):
+    """Landing, rewards, history and the new state from the finished playback."""
+    catalog, s = params.catalog, state.session
+    n_chunks_v = catalog.num_chunks[s.video_ids]  # [V]
+    (is_download, invalid, vid_c, c, level_c, quality_kbps, smooth_kbps, size, pending_waste,
+     last_watched_level, ptr, last_t, delay_ms, duration_ms) = (
+         ctx[k] for k in ("is_download", "invalid", "vid_c", "c", "level_c", "quality_kbps",
+                          "smooth_kbps", "size", "pending_waste", "last_watched_level", "ptr",
+                          "last_t", "delay_ms", "duration_ms"))
+    buffer_ms, timeline_ms, play_id, rebuf_ms, played_ms, dropped_ms, waste = _play_result(
+        play_carry, duration_ms)
 
     # 6. The downloaded chunk lands (unless its video was swiped away meanwhile).
     swiped_target = is_download & (vid_c < play_id)
@@ -523,13 +633,15 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
         over | (chunk_counter[head] >= n_chunks_v[head]))
 
     # 7. Rewards: the weighted objective increment and its components.
+    # As the reference computes them, each product rounded on its own (numerics.exact_mul),
+    # so the accumulators do not depend on how XLA fuses the surrounding program.
     alpha, beta, gamma, theta = s.weights[0], s.weights[1], s.weights[2], s.weights[3]
-    quality = quality_kbps / 1000.0
-    rebuffer = rebuf_ms / 1000.0
-    smoothness = smooth_kbps / 1000.0
-    megabits = size * 8.0 / 1e6
-    qoe_inc = alpha * quality_kbps / 1000.0 - beta * rebuf_ms / 1000.0 - gamma * smooth_kbps / 1000.0
-    reward = qoe_inc - theta * megabits
+    quality = exact_div(quality_kbps, 1000.0)
+    rebuffer = exact_div(rebuf_ms, 1000.0)
+    smoothness = exact_div(smooth_kbps, 1000.0)
+    megabits = exact_div(size * 8.0, 1e6)
+    qoe_inc = exact_mul(alpha, quality) - exact_mul(beta, rebuffer) - exact_mul(gamma, smoothness)
+    reward = qoe_inc - exact_mul(theta, megabits)
     qoe = state.qoe + qoe_inc
     aborted = qoe < params.min_qoe
 
@@ -571,8 +683,13 @@ class FeedsEnv(environment.Environment[EnvState, EnvParams]):
         "delay_ms": duration_ms, "rebuf_ms": rebuf_ms, "video_bytes": size,
         "wasted_bytes": waste, "end_of_video": end_of_video, "play_video_id": play_id,
         "invalid_action": invalid,
-        "metrics": session_metrics(new_state, params, self.window),
     }
+    return new_state, reward, terminated, truncated, info
+
+  def _outputs(self, transition, params: EnvParams):
+    """step_env's 6-tuple from a transition (new state, reward, terminated, truncated, info)."""
+    new_state, reward, terminated, truncated, info = transition
+    info = dict(info, metrics=session_metrics(new_state, params, self.window))
     return self.get_obs(new_state, params), new_state, reward, terminated, truncated, info
 
   # ----------------------------------------------------------------- observation
@@ -643,25 +760,28 @@ def session_metrics(state: EnvState, params: EnvParams, window: int = 5) -> dict
   alpha, theta = s.weights[0], s.weights[3]
   n_chunks = catalog.num_chunks[s.video_ids]
   watched_chunks = jnp.sum(jnp.minimum(s.watch_ms // CHUNK_MS + 1, n_chunks))
-  ideal = alpha * catalog.bitrates_kbps[-1] / 1000.0 * watched_chunks
+  # exact_div/exact_mul: the same bits in every program (numerics), as the reference computes.
+  ideal = exact_mul(exact_mul(alpha, exact_div(catalog.bitrates_kbps[-1], 1000.0)),
+                    watched_chunks)
   bytes_ = state.bytes_downloaded
   entered = jnp.arange(s.watch_ms.shape[-1]) < state.play_id + window
   watched_ms = jnp.sum(jnp.where(entered, s.watch_ms, 0))
   return {
-      "score": state.qoe - theta * state.megabits,
+      "score": state.qoe - exact_mul(theta, state.megabits),
       "qoe": state.qoe,
       "quality": state.quality,
       "rebuffer_s": state.rebuffer_s,
       "smoothness": state.smoothness,
       "megabits": state.megabits,
       "bandwidth_bytes": bytes_,
-      "bandwidth_mb": bytes_ / 1e6,
+      "bandwidth_mb": exact_div(bytes_, 1e6),
       "wasted_bytes": state.wasted_bytes,
-      "wastage_pct": jnp.where(bytes_ > 0, 100.0 * state.wasted_bytes / jnp.maximum(bytes_, 1.0),
+      "wastage_pct": jnp.where(bytes_ > 0,
+                               exact_div(100.0 * state.wasted_bytes, jnp.maximum(bytes_, 1.0)),
                                0.0),
-      "download_watch_ratio": state.downloaded_ms / jnp.maximum(watched_ms, 1),
-      "normalized_qoe": jnp.clip(state.qoe / jnp.maximum(ideal, 1e-9), 0.0, 1.0),
-      "startup_delay_s": state.startup_ms / 1000.0,
+      "download_watch_ratio": exact_div(state.downloaded_ms, jnp.maximum(watched_ms, 1)),
+      "normalized_qoe": jnp.clip(exact_div(state.qoe, jnp.maximum(ideal, 1e-9)), 0.0, 1.0),
+      "startup_delay_s": exact_div(state.startup_ms, 1000.0),
       "invalid_actions": state.invalid_actions,
       "decisions": state.steps,
       "aborted": state.aborted,

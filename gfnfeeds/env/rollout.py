@@ -42,32 +42,42 @@ def make_autoreset_rollout(env: FeedsEnv, policy, num_steps: int):
   """Returns `rollout(keys[N], params) -> dict of [N] sums`: `num_steps` steps per session.
 
   Sessions auto-reset when they end (gymnax semantics) and the policy state is
-  re-initialised with them. This is the training/benchmark loop shape.
+  re-initialised with them. This is the training/benchmark loop shape: one scan
+  over steps of the whole batch, stepped with `env.step_batch` (equal to vmap of
+  `env.step`, with the auto-reset computed only for the sessions that ended).
+  Session i's trajectory depends on keys[i] only, not on the batch around it.
   """
 
   if getattr(policy, "clairvoyant", False):
     raise ValueError(f"{policy.name} reads the World and runs only in make_session_evaluator "
                      "(explicit sessions), not in auto-reset rollouts")
 
-  def one_session(key, params: EnvParams):
-    k_reset, k_loop = jax.random.split(key)
-    obs, state = env.reset(k_reset, params)
-    pstate = policy.init(obs, params.catalog)
+  def rollout(keys, params: EnvParams):
+    catalog = params.catalog
+    split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+    k_reset, k_act, k_env = split[:, 0], split[:, 1], split[:, 2]
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(k_reset, params)
+    init = jax.vmap(policy.init, in_axes=(0, None))
+    pstate = init(obs, catalog)
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
 
-    def body(carry, k):
+    def body(carry, t):
       obs, state, pstate = carry
-      k_act, k_step = jax.random.split(k)
-      action, pstate = policy.act(k_act, pstate, obs, params.catalog)
-      obs, state, reward, terminated, truncated, _ = env.step(k_step, state, action, params)
+      action, pstate = jax.vmap(policy.act, in_axes=(0, 0, 0, None))(fold(k_act, t), pstate,
+                                                                       obs, catalog)
+      # The step's key is fold_in(k_env, t), derived only where the env uses it (resets).
+      steps = jnp.broadcast_to(t, (k_env.shape[0],))
+      obs, state, reward, terminated, truncated, _ = env.step_batch(
+          (k_env, steps), state, action, params, key_fn=lambda ks: jax.random.fold_in(*ks))
       done = terminated | truncated
-      pstate = tree_select(done, policy.init(obs, params.catalog), pstate)
+      pstate = tree_select(done, init(obs, catalog), pstate)
       return (obs, state, pstate), (reward, done)
 
     _, (rewards, dones) = jax.lax.scan(body, (obs, state, pstate),
-                                       jax.random.split(k_loop, num_steps))
-    return {"reward": rewards.sum(), "sessions_ended": dones.sum()}
+                                       jnp.arange(num_steps, dtype=jnp.int32))
+    return {"reward": rewards.sum(0), "sessions_ended": dones.sum(0)}
 
-  return jax.vmap(one_session, in_axes=(0, None))
+  return rollout
 
 
 def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):

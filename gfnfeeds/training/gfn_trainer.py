@@ -142,7 +142,7 @@ def make_update(settings: GFNTrainSettings) -> Callable:
       obs, env_state = carry
       keys = jax.random.split(k, 2 * settings.num_sessions).reshape(2, settings.num_sessions, -1)
       dec = jax.vmap(ctrl.decide, in_axes=(0, None, 0, None))(keys[0], params, obs, catalog)
-      obs, env_state, reward, term, trunc, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+      obs, env_state, reward, term, trunc, info = env.step_batch(
           keys[1], env_state, dec.action_index, env_params)
       done = term | trunc
       score = info["metrics"]["score"]
