@@ -24,6 +24,7 @@ that follows is the same plain-Python sum in every program.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -45,3 +46,13 @@ def exact_mul(x, y):
   the result must not depend on how XLA fuses the program (module docstring).
   """
   return exact_div(jnp.asarray(x, jnp.float64) * y, 1.0)
+
+
+def prefix_count(mask, axis: int = -1):
+  """int32: inclusive running count of True along `axis` (jnp.cumsum of a bool array).
+
+  A log-depth associative scan: XLA's CPU cumsum is a reduce-window, several
+  times slower at the sizes of a batch (BUILD_NOTES.md, environment speed).
+  Integer sums, so the result is exactly cumsum's.
+  """
+  return jax.lax.associative_scan(jnp.add, jnp.asarray(mask).astype(jnp.int32), axis=axis)

@@ -13,6 +13,8 @@ from typing import Any, Generic, TypeVar
 import jax
 import jax.numpy as jnp
 
+from gfnfeeds.numerics import prefix_count
+
 State = TypeVar("State")
 Params = TypeVar("Params")
 Obs = Any
@@ -62,7 +64,7 @@ def first_true_rows(mask: jax.Array, k: int) -> jax.Array:
   count and a binary search: XLA's CPU cumsum (a reduce-window) and nonzero cost
   several times more at the batch sizes of a rollout.
   """
-  count = jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32))
+  count = prefix_count(mask)
   return jnp.searchsorted(count, jnp.arange(1, k + 1, dtype=jnp.int32), side="left").astype(
       jnp.int32)
 

@@ -25,6 +25,7 @@ from flax import struct
 
 from gfnfeeds.gfn.dag import DAGEnv, batch_apply
 from gfnfeeds.gfn.networks import PolicyOutput
+from gfnfeeds.numerics import prefix_count
 
 F32 = jnp.float32
 PolicyFn = Callable[[Any, jax.Array, jax.Array], PolicyOutput]
@@ -139,7 +140,7 @@ def _policy_on_active(policy_fn: PolicyFn, params, features, cond_features, acti
   count = jnp.sum(active)
   branch = jnp.where(count == 0, 0, 1 + jnp.sum(jnp.asarray(sizes[:-1]) < count))
   # Row r of the bucket is the r-th active row; the tail of the bucket repeats row 0.
-  slot = jnp.where(active, jnp.cumsum(active) - 1, batch)
+  slot = jnp.where(active, prefix_count(active) - 1, batch)
   rows = jnp.zeros((batch,), jnp.int32).at[slot].set(jnp.arange(batch, dtype=jnp.int32),
                                                       mode="drop")
   out_shape = jax.eval_shape(lambda f, c: policy_fn(params, f, c), features, cond_features)
@@ -241,7 +242,7 @@ def _sample_compact(key, env: DAGEnv, policy_fn: PolicyFn, params, cond, batch: 
       final = jax.tree.map(lambda f, s: f.at[jnp.where(valid, rows, batch)].set(s, mode="drop"),
                            carry["final"], state)
       live = jnp.logical_and(valid, jnp.logical_not(jax.vmap(env.is_terminal)(state)))
-      slot = jnp.where(live, jnp.cumsum(live, dtype=i32) - 1, size)
+      slot = jnp.where(live, prefix_count(live) - 1, size)
       src = jnp.zeros((size,), i32).at[slot].set(jnp.arange(live.shape[0], dtype=i32),
                                                  mode="drop")
       keep = jnp.arange(size, dtype=i32) < carry["live"]
