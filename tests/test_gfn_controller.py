@@ -271,3 +271,28 @@ def test_policy_specs_set_nested_settings_and_name_bad_ones():
     load_policy("gfn", ENV, **{"nope.x": 1})
   with pytest.raises(TypeError, match="bogus"):
     load_policy("gfn", ENV, **{"belief.bogus": 1})
+
+
+def test_robust_discount_is_robustmpc_max_error():
+  """prediction_error is RobustMPC's max |harmonic-mean prediction - sample| / sample over the
+  newest `history` samples (each predicted from up to `history` samples before it), and the
+  robust centre is the plain one divided by 1 + that error."""
+  rates = np.asarray([0.0, 0.0, 2.0, 1.0, 4.0, 0.5, 3.0, 1.5])  # newest last; 2 empty slots
+  valid = rates > 0
+  history = 5
+  want = 0.0
+  for i in range(len(rates)):
+    prev = [rates[j] for j in range(max(0, i - history), i) if valid[j]]
+    if valid[i] and prev and i >= len(rates) - history:
+      pred = len(prev) / sum(1.0 / r for r in prev)
+      want = max(want, abs(pred - rates[i]) / rates[i])
+  got = float(belief_lib.prediction_error(jnp.asarray(rates), jnp.asarray(valid), history))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  assert got > 0.5  # an erratic history: the discount matters
+  delay = np.full(8, 1080.0)  # 1 s of transmission + the 80 ms RTT: net rate = megabits
+  obs = dataclasses.make_dataclass("O", ["tput_history_mbps", "delay_history_ms",
+                                         "history_count"])(
+      jnp.asarray(rates * 1000.0 / 1080.0), jnp.asarray(delay), jnp.asarray(6))
+  plain = belief_lib.bandwidth_scenarios(obs, belief_lib.BeliefConfig())
+  robust = belief_lib.bandwidth_scenarios(obs, belief_lib.BeliefConfig(robust_discount=True))
+  np.testing.assert_allclose(np.asarray(robust), np.asarray(plain) / (1.0 + got), rtol=1e-9)

@@ -83,6 +83,10 @@ class BeliefConfig:
       playing video's chunk in flight at the swipe is wasted and delays the next
       video; BUILD_NOTES section 6). Off in the committed checkpoint, which was
       trained without it.
+    robust_discount: divide the bandwidth centre by 1 + the largest relative error
+      of the harmonic-mean prediction over the newest `history` samples
+      (RobustMPC's discount, which PDAS uses): pessimistic where the bandwidth is
+      erratic.
   """
 
   num_scenarios: int = 8
@@ -95,6 +99,7 @@ class BeliefConfig:
   terminal_weight: float = 1.0
   terminal_horizon_ms: int = 4000
   swipe_in_flight: bool = False
+  robust_discount: bool = False
 
 
 @struct.dataclass
@@ -141,6 +146,8 @@ def bandwidth_scenarios(obs: Observation, config: BeliefConfig) -> jnp.ndarray:
   n_recent = jnp.sum(recent)
   inv = jnp.sum(jnp.where(recent, 1.0 / rate, 0.0))
   centre = jnp.where(n_recent > 0, n_recent / jnp.maximum(inv, 1e-12), config.prior_mbps)
+  if config.robust_discount:
+    centre = centre / (1.0 + prediction_error(rate, valid, config.history))
   n = jnp.sum(valid)
   logs = jnp.where(valid, jnp.log(rate), 0.0)
   mean = jnp.sum(logs) / jnp.maximum(n, 1)
@@ -150,6 +157,24 @@ def bandwidth_scenarios(obs: Observation, config: BeliefConfig) -> jnp.ndarray:
   m = config.num_scenarios
   z = ndtri((jnp.arange(m, dtype=jnp.float64) + 0.5) / m)
   return centre * jnp.exp(spread * z)
+
+
+def prediction_error(rate: jnp.ndarray, valid: jnp.ndarray, history: int) -> jnp.ndarray:
+  """RobustMPC's max relative error |C_hat_i - C_i| / C_i over the newest `history` samples.
+
+  C_hat_i is the harmonic mean of the (up to `history`) valid samples before sample i;
+  samples without a predecessor are skipped; 0 when no error can be computed.
+  """
+  hist = rate.shape[-1]
+  idx = jnp.arange(hist)
+  # before[i, j]: sample j is one of the `history` samples preceding sample i.
+  before = (idx[None, :] < idx[:, None]) & (idx[None, :] >= idx[:, None] - history) & valid[None, :]
+  n_before = jnp.sum(before, axis=1)
+  inv = jnp.sum(jnp.where(before, 1.0 / rate[None, :], 0.0), axis=1)
+  pred = n_before / jnp.maximum(inv, 1e-12)
+  err = jnp.abs(pred - rate) / rate
+  use = valid & (n_before > 0) & (idx >= hist - history)
+  return jnp.max(jnp.where(use, err, 0.0))
 
 
 def conditional_watch_ms(u: jnp.ndarray, catalog: Catalog, video: jnp.ndarray,
