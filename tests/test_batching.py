@@ -175,3 +175,20 @@ def test_step_batch_does_not_retrace(params):
     obs, state, *_ = step(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t), state,
                           jnp.argmax(obs.action_mask, axis=-1).astype(jnp.int32), p)
   chex.clear_trace_counter()
+
+
+def test_autoreset_rollout_depends_on_own_key_only_with_a_stateful_policy(params):
+  """make_autoreset_rollout with a policy that carries state (No-Save's throughput estimator,
+  re-initialised at every auto-reset): session i of a batch equals session i run alone."""
+  from gfnfeeds.env.rollout import make_autoreset_rollout
+  from gfnfeeds.policies.rules import NoSave
+  policy = NoSave()
+  assert jax.tree.leaves(jax.eval_shape(lambda o: policy.init(o, params.catalog),
+                                        jax.eval_shape(ENV.reset, jax.random.PRNGKey(0), params)[0]))
+  rollout = jax.jit(make_autoreset_rollout(ENV, policy, 30))
+  keys = jax.random.split(jax.random.PRNGKey(8), 3)
+  batch = rollout(keys, params)
+  assert int(batch["sessions_ended"].sum()) > 0
+  for i in range(3):
+    alone = rollout(keys[i:i + 1], params)
+    assert tree_equal(jax.tree.map(lambda x: x[i:i + 1], batch), alone), i

@@ -26,6 +26,17 @@ def tree_select(pred: jnp.ndarray, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def select_rows(mask: jnp.ndarray, on_true, on_false):
+  """Row-wise `tree_select` for batched pytrees: row i of every leaf from on_true where mask[i].
+
+  mask is bool [N]; leaves have a leading axis N and any trailing shape.
+  """
+  def pick(a, b):
+    return jnp.where(mask.reshape(mask.shape + (1,) * (jnp.ndim(a) - 1)), a, b)
+
+  return jax.tree.map(pick, on_true, on_false)
+
+
 def _guarded(cond, body, carry, times: int):
   """`times` iterations of the loop as straight-line code: body applied only where cond holds."""
   for _ in range(times):

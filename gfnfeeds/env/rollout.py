@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from gfnfeeds.env.environment import tree_select
+from gfnfeeds.env.environment import select_rows
 from gfnfeeds.env.feeds import EnvParams, FeedsEnv, Session, session_metrics
 
 SESSION_AXIS = "sessions"
@@ -70,7 +70,7 @@ def make_autoreset_rollout(env: FeedsEnv, policy, num_steps: int):
       obs, state, reward, terminated, truncated, _ = env.step_batch(
           (k_env, steps), state, action, params, key_fn=lambda ks: jax.random.fold_in(*ks))
       done = terminated | truncated
-      pstate = tree_select(done, init(obs, catalog), pstate)
+      pstate = select_rows(done, init(obs, catalog), pstate)
       return (obs, state, pstate), (reward, done)
 
     _, (rewards, dones) = jax.lax.scan(body, (obs, state, pstate),
@@ -105,17 +105,11 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
       pstate = jax.vmap(bound.init, in_axes=(0, None))(obs, params.catalog)
     done = jnp.zeros(keys.shape[:1], bool)
 
-    def one_step(key, obs, state, pstate, done):
-      k_act, k_step = jax.random.split(key)
+    def act(key, obs, state, pstate):
+      k_act = jax.random.split(key)[0]
       if clairvoyant:
-        action, pstate_n = bound.act_clairvoyant(k_act, pstate, obs, state, params, limit)
-      else:
-        action, pstate_n = bound.act(k_act, pstate, obs, params.catalog)
-      obs_n, state_n, _, terminated, truncated, _ = env.step_env(k_step, state, action, params)
-      ended = terminated | truncated | (state_n.steps >= limit)
-      keep = done
-      return (tree_select(keep, obs, obs_n), tree_select(keep, state, state_n),
-              tree_select(keep, pstate, pstate_n), done | ended)
+        return bound.act_clairvoyant(k_act, pstate, obs, state, params, limit)
+      return bound.act(k_act, pstate, obs, params.catalog)
 
     def cond(c):
       return jnp.logical_and(c[0] < limit, jnp.logical_not(jnp.all(c[5])))
@@ -123,8 +117,14 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
     def body(c):
       t, keys, obs, state, pstate, done = c
       step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
-      obs, state, pstate, done = jax.vmap(one_step)(step_keys, obs, state, pstate, done)
-      return t + 1, keys, obs, state, pstate, done
+      action, pstate_n = jax.vmap(act)(step_keys, obs, state, pstate)
+      # The dynamics ignore the key; the batched transition equals vmap(step_env) bitwise.
+      obs_n, state_n, _, terminated, truncated, _ = env.step_env_batch(None, state, action,
+                                                                       params)
+      ended = terminated | truncated | (state_n.steps >= limit)
+      obs, state, pstate = (select_rows(done, obs, obs_n), select_rows(done, state, state_n),
+                            select_rows(done, pstate, pstate_n))
+      return t + 1, keys, obs, state, pstate, done | ended
 
     t, _, _, state, _, done = jax.lax.while_loop(
         cond, body, (jnp.zeros((), jnp.int32), keys, obs, state, pstate, done))
