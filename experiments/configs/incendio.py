@@ -4,7 +4,7 @@
         --config.incendio.imitation_updates=200 --config.train.num_updates=400
 
 Updates 0 .. imitation_updates - 1 are imitation, the rest MAPPO (one run, resumable at
-any update). Choices where the paper is silent: BUILD_NOTES.md section 9.
+any update). Choices where the paper is silent: BUILD_NOTES.md section 8.
 """
 
 import ml_collections

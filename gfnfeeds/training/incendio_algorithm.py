@@ -115,7 +115,7 @@ def expert_labels(expert: Pdas, obs: Observation, catalog, bandwidth, window: in
 # ----------------------------------------------------------------- settings and state
 @dataclasses.dataclass(frozen=True)
 class IncendioTrainSettings:
-  """Static settings of one run (hashable). See BUILD_NOTES section 9 for the choices."""
+  """Static settings of one run (hashable). See BUILD_NOTES section 8 for the choices."""
 
   policy: inc.Incendio
   expert: Pdas
