@@ -289,6 +289,11 @@ def test_pdas_safety_keeps_the_playing_video_fed(toy):
 
 
 # ----------------------------------------------------------------- (d) + (e)
+# The rule-based controllers (the reference planners, registered beside them, have their own
+# tests in test_reference_planners.py; the oracle costs seconds per full session).
+RULES = ("no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w")
+
+
 @functools.cache
 def evaluator(name):
   return jax.jit(make_session_evaluator(ENV, make_policy(name, ENV)))
@@ -307,15 +312,14 @@ def evaluations(mmgc):
   mmgc_sessions = make_sessions(sets + probes, [MMGC_DEFAULT_WATCH_MS] * BATCH, weights)
   keys = jax.random.split(jax.random.key(0), BATCH)
   out = {}
-  for name in policy_names():
+  for name in RULES:
     ev = evaluator(name)
     out[name] = {"sampled": jax.device_get(ev(sampled, keys, params)[0]),
                  "mmgc": jax.device_get(ev(mmgc_sessions, keys, params)[0])}
   return out
 
 
-@pytest.mark.parametrize("name", ["no_save", "fixed_preload", "mpc_fixed_preload", "pdas",
-                                  "pdas_w"])
+@pytest.mark.parametrize("name", RULES)
 def test_policies_vmap_over_sampled_sessions(evaluations, name):
   for batch in ("sampled", "mmgc"):
     m = evaluations[name][batch]
@@ -327,7 +331,7 @@ def test_policies_vmap_over_sampled_sessions(evaluations, name):
 
 def test_mmgc_set_scores(evaluations):
   means = {}
-  for name in policy_names():
+  for name in RULES:
     score = evaluations[name]["mmgc"]["score"][:60].reshape(len(SETS), 20).mean(axis=1)
     means[name] = score
     print(f"{name:18s} " + " ".join(f"{s}={v:8.3f}" for s, v in zip(SETS, score))
