@@ -81,7 +81,7 @@ def _countdown(lane, carry, max_iters):
   def body(c):
     return c[0] - 1, c[1] + lane
 
-  return environment.bounded_while(cond, body, carry, max_iters, unroll=2)
+  return environment.bounded_while(cond, body, carry, max_iters)
 
 
 def test_bounded_while_and_batched_loop_equal_the_while_loop():
@@ -94,8 +94,8 @@ def test_bounded_while_and_batched_loop_equal_the_while_loop():
   np.testing.assert_array_equal(np.asarray(finished), np.asarray(counters) <= 3)
   done = np.asarray(finished)
   np.testing.assert_array_equal(np.asarray(bounded[1])[done], np.asarray(exact[1])[done])
-  unrolled, fin = jax.vmap(lambda l, c: _countdown(l, c, None))(lanes, carry)
-  assert bool(jnp.all(fin)) and tree_equal(unrolled, exact)
+  unbounded, fin = jax.vmap(lambda l, c: _countdown(l, c, None))(lanes, carry)
+  assert bool(jnp.all(fin)) and tree_equal(unbounded, exact)
   for bound, capacity in [(0, 1), (2, 2), (3, 8), (20, 1)]:
     got = jax.jit(lambda l, c: environment.batched_loop(_countdown, l, c, bound, capacity))(
         lanes, carry)

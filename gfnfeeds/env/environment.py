@@ -37,34 +37,24 @@ def select_rows(mask: jnp.ndarray, on_true, on_false):
   return jax.tree.map(pick, on_true, on_false)
 
 
-def _guarded(cond, body, carry, times: int):
-  """`times` iterations of the loop as straight-line code: body applied only where cond holds."""
-  for _ in range(times):
-    carry = tree_select(cond(carry), body(carry), carry)
-  return carry
-
-
-def bounded_while(cond, body, init, max_iters: int | None, unroll: int = 1):
+def bounded_while(cond, body, init, max_iters: int | None):
   """`lax.while_loop(cond, body, init)`, or at most `max_iters` iterations of it unrolled.
 
   Returns `(carry, finished)`; the carry equals the while loop's bit for bit
-  wherever `finished`. With `max_iters=None` it is the while loop, `unroll`
-  guarded iterations per trip (`finished` is True). Otherwise the loop is
-  straight-line code that XLA fuses, and `finished` says whether `cond` became
-  false within the bound.
+  wherever `finished`. With `max_iters=None` it is the while loop (`finished` is
+  True). Otherwise the loop is straight-line code that XLA fuses (each iteration
+  applies `body` only where `cond` holds), and `finished` says whether `cond`
+  became false within the bound.
 
-  Why: on CPU every trip of a while loop costs a fixed dispatch overhead (about
-  as much as several iterations of a small fused body over a thousand sessions),
-  and under vmap the loop runs as many trips as its slowest member. The
+  Why: under vmap a while loop runs as many trips as its slowest member. The
   bounded form costs a fixed `max_iters` and leaves the rare slow members to
-  `compact_apply`; unrolling divides the trips of the exact loop.
+  `batched_loop`'s exact continuation.
   """
   if max_iters is None:
-    if unroll == 1:
-      return jax.lax.while_loop(cond, body, init), jnp.asarray(True)
-    return (jax.lax.while_loop(cond, lambda c: _guarded(cond, body, c, unroll), init),
-            jnp.asarray(True))
-  carry = _guarded(cond, body, init, max_iters)
+    return jax.lax.while_loop(cond, body, init), jnp.asarray(True)
+  carry = init
+  for _ in range(max_iters):
+    carry = tree_select(cond(carry), body(carry), carry)
   return carry, jnp.logical_not(cond(carry))
 
 

@@ -35,8 +35,6 @@ from gfnfeeds.env.preferences import PreferenceSampler, fixed_preferences
 from gfnfeeds.numerics import exact_div, exact_mul
 
 CHUNK_MS = 1000  # every chunk holds one second of video
-# Trace rows per trip of the exact transmit loop (a speed knob; results never depend on it).
-TRANSMIT_UNROLL = 4
 
 
 @struct.dataclass
@@ -249,7 +247,7 @@ def _transmit_loop(shared, lane, carry, max_rows: int | None):
             jnp.where(finish, elapsed + fraction, elapsed + slot),
             finish)
 
-  return environment.bounded_while(cond, body, carry, max_rows, unroll=TRANSMIT_UNROLL)
+  return environment.bounded_while(cond, body, carry, max_rows)
 
 
 def advance_clock(world: World, trace_index, ptr, last_t, seconds):
