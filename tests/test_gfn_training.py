@@ -96,8 +96,9 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   other.gfn.loss = "db"
   with pytest.raises(ValueError, match="gfn.loss"):
     train_and_evaluate(other, interrupted)
-  # The evaluation program runs the exported controller, SC and fixed-preference variants.
-  for extra in ([], ["--gfn_candidates=1"], ["--gfn_condition=mmgc"]):
+  # The evaluation program runs the exported controller, and its single-candidate,
+  # fixed-preference variant (both flags in one run: one compilation less).
+  for extra in ([], ["--gfn_candidates=1", "--gfn_condition=mmgc"]):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.evaluate", "--policy=gfn",
          f"--checkpoint={tmp_path / 'straight'}", "--network=default:high", "--sessions=4",
