@@ -18,7 +18,7 @@ from gfnfeeds.gfn.networks import MLPPolicy
 from gfnfeeds.gfn.replay import replay_trajectories, with_log_rewards
 from gfnfeeds.gfn.sampling import sample_trajectories
 from gfnfeeds.planning import belief as belief_lib
-from gfnfeeds.policies.gfn import (GFNController, PlanDAG, make_server, observation_features,
+from gfnfeeds.policies.gfn import (GFNController, make_server, observation_features,
                                    observation_feature_dim)
 
 ENV = FeedsEnv()

@@ -6,10 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments.configs import incendio as incendio_config
 from gfnfeeds.data.packing import pack_world
-from gfnfeeds.env.environment import tree_select
 from gfnfeeds.env.feeds import FeedsEnv
 from gfnfeeds.policies import incendio as inc
 from gfnfeeds.training import incendio_algorithm as ia
@@ -216,3 +216,20 @@ def test_train_chunk_switches_stage_and_export_round_trip(tmp_path):
   run = jax.jit(lambda p: _rollout(policy, p, data.env, data.params, session, 20)[0])
   a, b = run(trained), run(params)
   assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
+
+
+def test_committed_checkpoint_loads_and_plays():
+  """The committed incendio_default loads, plays whole sessions without invalid actions."""
+  from gfnfeeds import evaluation
+  from gfnfeeds.policies.registry import DEFAULT_CHECKPOINTS, load_policy
+  if not (DEFAULT_CHECKPOINTS["incendio"] / "controller.json").exists():
+    pytest.skip("no committed Incendio checkpoint")
+  config = tiny_config()
+  config.train.eval_sessions = 8
+  data = load_training_data(config)
+  policy, params = load_policy("incendio", data.env)
+  assert policy.greedy
+  metrics = evaluation.run_sessions(data.env, policy, data.params, data.eval_table, 0,
+                                    policy_params=params)
+  assert metrics["completed"].all()
+  assert int(metrics["invalid_actions"].sum()) == 0

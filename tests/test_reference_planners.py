@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -173,13 +172,13 @@ def test_oracle_is_labelled_and_refuses_observation_only_use(params):
 
 def test_oracle_is_never_beaten(short_sessions):
   """On every sampled session the oracle scores at least as much as every rule controller
-  (proved: they seed its incumbent), random shooting and the trained GFlowNet controller
-  (not proved: checked), never executes an invalid action, and its incumbent-only variant
-  scores exactly the best rule controller."""
+  (proved: they seed its incumbent), random shooting and the trained controllers (GFlowNet,
+  DAM, Incendio: not proved, checked), never executes an invalid action, and its
+  incumbent-only variant scores exactly the best rule controller."""
   params, table = short_sessions
   scores = {}
   for name in ("no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w",
-               "random_shooting", "gfn"):
+               "random_shooting", "gfn", "dam", "incendio"):
     overrides = {"num_candidates": 4} if name == "random_shooting" else {}
     policy, pp = load_policy(name, SHORT_ENV, **overrides)
     scores[name] = evaluation.run_sessions(SHORT_ENV, policy, params, table, seed=0,

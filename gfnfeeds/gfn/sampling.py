@@ -190,7 +190,6 @@ def _sample_compact(key, env: DAGEnv, policy_fn: PolicyFn, params, cond, batch: 
   """
   steps = env.max_length
   exit_action = env.exit_action
-  nb = env.num_backward_actions
   sizes = _compact_sizes(batch, levels)
   i32 = jnp.int32
 
@@ -390,7 +389,6 @@ def sample_trajectories(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params
     Trajectories (see the class) with T = env.max_length.
   """
   steps = env.max_length
-  exit_action = env.exit_action
   if compact > 0:
     out = _sample_compact(key, env, policy_fn, params, cond, batch, epsilon, temperature,
                           compact, compact_chunk if compact_chunk > 0 else batch)
@@ -409,7 +407,6 @@ def sample_trajectories(key: jax.Array, env: DAGEnv, policy_fn: PolicyFn, params
 
   cond_features = batch_apply(env.cond_features, batch, cond)
   state0 = batch_apply(env.init, batch, cond)
-  nb = env.num_backward_actions
 
   def network(features, active):
     if active_buckets > 0:

@@ -26,24 +26,19 @@ reads): controller.json (settings, the env's discrete action set) + params/ (orb
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from gfnfeeds import evaluation
 from gfnfeeds.env.feeds import EnvParams, FeedsEnv
 from gfnfeeds.policies.dam import DAMController
 from gfnfeeds.training import ppo
 from gfnfeeds.training.gfn_trainer import TrainState, shard_train_state
+from gfnfeeds.training.export import loop_hooks, read_export, restore_params, write_export
 from gfnfeeds.training.loop import Algorithm, TrainingData
 
-EXPORT_VERSION = 1
 F32 = jnp.float32
 
 
@@ -265,16 +260,7 @@ def make(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
     return shard_train_state(init_train_states(int(config.seed), num_seeds, settings,
                                                data.params))
 
-  def evaluate(states, seed_index, data: TrainingData) -> dict:
-    params = jax.tree.map(lambda x: x[seed_index], states.params)
-    metrics = evaluation.run_sessions(data.env, serving, data.params, data.eval_table,
-                                      int(config.seed), policy_params=params)
-    return {f"eval_{k}": float(np.mean(metrics[k]))
-            for k in ("score", "qoe", "rebuffer_s", "bandwidth_mb", "wastage_pct")}
-
-  def export(states, seed_index, directory):
-    params = jax.tree.map(lambda x: np.asarray(x[seed_index]), states.params)
-    save_controller(directory, serving, params)
+  evaluate, export = loop_hooks(config, serving, save_controller)
 
   return Algorithm(init_states=init_states, train_chunk=chunk, evaluate=evaluate, export=export,
                    updates_per_chunk=settings.updates_per_chunk, place=shard_train_state)
@@ -283,24 +269,12 @@ def make(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
 # ----------------------------------------------------------------- export
 def save_controller(directory: str, controller: DAMController, params) -> None:
   """Writes a trained controller (settings + parameters) to `directory`."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  env = controller.env
-  spec = {
-      "version": EXPORT_VERSION, "algorithm": "dam",
+  write_export(directory, "dam", controller.env, {
       "actor_hidden": list(controller.actor_hidden),
       "actor_activations": list(controller.actor_activations),
       "critic_hidden": list(controller.critic_hidden),
       "critic_activations": list(controller.critic_activations),
-      "force_buffer_ms": controller.force_buffer_ms,
-      "env": {"window": env.window, "num_levels": env.num_levels_hint,
-              "sleep_choices_ms": list(env.sleep_choices_ms), "history_len": env.history_len},
-  }
-  with open(os.path.join(directory, "controller.json"), "w") as f:
-    json.dump(spec, f, indent=2, sort_keys=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, "params"), params, force=True)
-  checkpointer.wait_until_finished()
+      "force_buffer_ms": controller.force_buffer_ms}, params)
 
 
 def load_controller(directory: str, env: FeedsEnv) -> tuple[DAMController, object]:
@@ -310,31 +284,10 @@ def load_controller(directory: str, env: FeedsEnv) -> tuple[DAMController, objec
     ValueError: no export there, one of another algorithm, or one made for another
       discrete action set / feature size.
   """
-  directory = os.path.abspath(directory)
-  if not os.path.exists(os.path.join(directory, "controller.json")):
-    nested = os.path.join(directory, "export")
-    if os.path.exists(os.path.join(nested, "controller.json")):
-      directory = nested
-    else:
-      raise ValueError(f"{directory}: no controller.json (expected an export directory or a "
-                       f"training workdir with export/)")
-  with open(os.path.join(directory, "controller.json")) as f:
-    spec = json.load(f)
-  if spec.get("algorithm") != "dam":
-    raise ValueError(f"{directory}: not a DAM export (algorithm={spec.get('algorithm')!r})")
-  e = spec["env"]
-  if (e["window"], e["num_levels"], tuple(e["sleep_choices_ms"]), e["history_len"]) != (
-      env.window, env.num_levels_hint, env.sleep_choices_ms, env.history_len):
-    raise ValueError(f"{directory}: trained for window={e['window']}, levels={e['num_levels']}, "
-                     f"sleeps={e['sleep_choices_ms']}, history={e['history_len']}; the "
-                     f"environment has {env.window}, {env.num_levels_hint}, "
-                     f"{list(env.sleep_choices_ms)}, {env.history_len}")
+  directory, spec = read_export(directory, "dam", env)
   controller = DAMController(env=env, actor_hidden=tuple(spec["actor_hidden"]),
                              actor_activations=tuple(spec["actor_activations"]),
                              critic_hidden=tuple(spec["critic_hidden"]),
                              critic_activations=tuple(spec["critic_activations"]),
                              force_buffer_ms=float(spec["force_buffer_ms"]), greedy=True)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                          controller.init_params(jax.random.PRNGKey(0)))
-  params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), abstract)
-  return controller, jax.tree.map(np.asarray, params)
+  return controller, restore_params(directory, controller.init_params(jax.random.PRNGKey(0)))

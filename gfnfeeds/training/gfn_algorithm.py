@@ -9,23 +9,17 @@ Export directory layout (what `experiments.evaluate --checkpoint=DIR` reads):
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
-from gfnfeeds import evaluation
 from gfnfeeds.env.feeds import FeedsEnv
 from gfnfeeds.planning.belief import BeliefConfig
 from gfnfeeds.policies.gfn import GFNController
 from gfnfeeds.training import gfn_trainer
+from gfnfeeds.training.export import loop_hooks, read_export, restore_params, write_export
 from gfnfeeds.training.loop import Algorithm, TrainingData
 
-EXPORT_VERSION = 1
 
 
 def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> GFNController:
@@ -62,16 +56,8 @@ def make(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
     states = gfn_trainer.init_train_states(int(config.seed), num_seeds, settings, data.params)
     return gfn_trainer.shard_train_state(states)
 
-  def evaluate(states, seed_index, data: TrainingData) -> dict:
-    params = jax.tree.map(lambda x: x[seed_index], states.params)
-    metrics = evaluation.run_sessions(data.env, serving, data.params, data.eval_table,
-                                      int(config.seed), policy_params=params)
-    return {f"eval_{k}": float(np.mean(metrics[k]))
-            for k in ("score", "qoe", "rebuffer_s", "bandwidth_mb", "wastage_pct")}
-
-  def export(states, seed_index, directory):
-    params = jax.tree.map(lambda x: np.asarray(x[seed_index]), states.params)
-    save_controller(directory, serving, params, loss=settings.loss)
+  evaluate, export = loop_hooks(
+      config, serving, lambda d, c, p: save_controller(d, c, p, loss=settings.loss))
 
   return Algorithm(init_states=init_states, train_chunk=chunk, evaluate=evaluate, export=export,
                    updates_per_chunk=settings.updates_per_chunk,
@@ -80,54 +66,22 @@ def make(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
 
 def save_controller(directory: str, controller: GFNController, params, loss: str = "tb") -> None:
   """Writes a trained controller (settings + parameters) to `directory`."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  env = controller.env
-  spec = {
-      "version": EXPORT_VERSION, "loss": loss, "horizon": controller.horizon,
-      "num_candidates": controller.num_candidates, "hidden": list(controller.hidden),
-      "flow_head": controller.flow_head, "belief": dataclasses.asdict(controller.belief),
-      "env": {"window": env.window, "num_levels": env.num_levels_hint,
-              "sleep_choices_ms": list(env.sleep_choices_ms), "history_len": env.history_len},
-  }
-  with open(os.path.join(directory, "controller.json"), "w") as f:
-    json.dump(spec, f, indent=2, sort_keys=True)
-  target = os.path.join(directory, "params")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(target, params, force=True)
-  checkpointer.wait_until_finished()
+  write_export(directory, "gfn", controller.env, {
+      "loss": loss, "horizon": controller.horizon, "num_candidates": controller.num_candidates,
+      "hidden": list(controller.hidden), "flow_head": controller.flow_head,
+      "belief": dataclasses.asdict(controller.belief)}, params)
 
 
 def load_controller(directory: str, env: FeedsEnv) -> tuple[GFNController, object]:
   """(controller, params) from an export directory or a training workdir (its export/).
 
   Raises:
-    ValueError: no export there, or one made for another discrete action set.
+    ValueError: no export there, one of another algorithm, or one made for another discrete
+      action set.
   """
-  directory = os.path.abspath(directory)
-  if not os.path.exists(os.path.join(directory, "controller.json")):
-    nested = os.path.join(directory, "export")
-    if os.path.exists(os.path.join(nested, "controller.json")):
-      directory = nested
-    else:
-      raise ValueError(f"{directory}: no controller.json (expected an export directory or a "
-                       f"training workdir with export/)")
-  with open(os.path.join(directory, "controller.json")) as f:
-    spec = json.load(f)
-  e = spec["env"]
-  if (e["window"], e["num_levels"], tuple(e["sleep_choices_ms"]), e["history_len"]) != (
-      env.window, env.num_levels_hint, env.sleep_choices_ms, env.history_len):
-    raise ValueError(f"{directory}: trained for window={e['window']}, levels={e['num_levels']}, "
-                     f"sleeps={e['sleep_choices_ms']}, history={e['history_len']}; the "
-                     f"environment has {env.window}, {env.num_levels_hint}, "
-                     f"{list(env.sleep_choices_ms)}, {env.history_len}")
+  directory, spec = read_export(directory, "gfn", env)
   controller = GFNController(env=env, horizon=int(spec["horizon"]),
                              num_candidates=int(spec["num_candidates"]),
                              belief=BeliefConfig(**spec["belief"]),
                              hidden=tuple(spec["hidden"]), flow_head=bool(spec["flow_head"]))
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                          controller.init_params(jax.random.PRNGKey(0)))
-  params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), abstract)
-  # Host arrays (not committed to one device): the caller's jit places them, e.g.
-  # replicated over the session mesh.
-  return controller, jax.tree.map(np.asarray, params)
+  return controller, restore_params(directory, controller.init_params(jax.random.PRNGKey(0)))

@@ -27,12 +27,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gfnfeeds.env.feeds import EnvParams, FeedsEnv
+from gfnfeeds.env.feeds import EnvParams
 from gfnfeeds.env.rollout import SESSION_AXIS, session_mesh
 from gfnfeeds.gfn import losses
 from gfnfeeds.gfn.networks import MLPPolicy

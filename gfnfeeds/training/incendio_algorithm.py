@@ -46,8 +46,6 @@ reads): controller.json (settings, the env's window/levels/videos) + params/ (or
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
@@ -55,20 +53,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gfnfeeds import evaluation
 from gfnfeeds.env.environment import tree_select
 from gfnfeeds.env.feeds import EnvParams, EnvState, FeedsEnv, Observation, transmit
 from gfnfeeds.env.rollout import SESSION_AXIS, session_mesh
 from gfnfeeds.policies import incendio as inc
 from gfnfeeds.policies.rules import Pdas
 from gfnfeeds.training import ppo
+from gfnfeeds.training.export import loop_hooks, read_export, restore_params, write_export
 from gfnfeeds.training.loop import Algorithm, TrainingData
 
-EXPORT_VERSION = 1
 F32 = jnp.float32
 REWARDS = ("incendio", "env")
 
@@ -524,16 +520,7 @@ def make(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
     return shard_train_state(init_train_states(int(config.seed), num_seeds, settings,
                                                data.params))
 
-  def evaluate(states, seed_index, data: TrainingData) -> dict:
-    params = jax.tree.map(lambda x: x[seed_index], states.params)
-    metrics = evaluation.run_sessions(data.env, serving, data.params, data.eval_table,
-                                      int(config.seed), policy_params=params)
-    return {f"eval_{k}": float(np.mean(metrics[k]))
-            for k in ("score", "qoe", "rebuffer_s", "bandwidth_mb", "wastage_pct")}
-
-  def export(states, seed_index, directory):
-    params = jax.tree.map(lambda x: np.asarray(x[seed_index]), states.params)
-    save_controller(directory, serving, params)
+  evaluate, export = loop_hooks(config, serving, save_controller)
 
   return Algorithm(init_states=init_states, train_chunk=chunk, evaluate=evaluate, export=export,
                    updates_per_chunk=settings.updates_per_chunk, place=shard_train_state)
@@ -541,43 +528,18 @@ def make(config: ml_collections.ConfigDict, data: TrainingData) -> Algorithm:
 
 def save_controller(directory: str, policy: inc.Incendio, params) -> None:
   """Writes a trained Incendio controller (settings + parameters) to `directory`."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  env = policy.env
-  spec = {"version": EXPORT_VERSION, "sleep_ms": policy.sleep_ms,
-          "env": {"window": env.window, "num_levels": env.num_levels_hint,
-                  "num_videos": env.num_videos}}
-  with open(os.path.join(directory, "controller.json"), "w") as f:
-    json.dump(spec, f, indent=2, sort_keys=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, "params"), params, force=True)
-  checkpointer.wait_until_finished()
+  write_export(directory, "incendio", policy.env, {"sleep_ms": policy.sleep_ms}, params)
 
 
 def load_controller(directory: str, env: FeedsEnv) -> tuple[inc.Incendio, Any]:
   """(greedy Incendio policy, params) from an export directory or a training workdir.
 
   Raises:
-    ValueError: no export there, or one made for another window/ladder/session length.
+    ValueError: no export there, one of another algorithm, or one made for another window
+      or ladder.
   """
-  directory = os.path.abspath(directory)
-  if not os.path.exists(os.path.join(directory, "controller.json")):
-    nested = os.path.join(directory, "export")
-    if os.path.exists(os.path.join(nested, "controller.json")):
-      directory = nested
-    else:
-      raise ValueError(f"{directory}: no controller.json (expected an export directory or a "
-                       f"training workdir with export/)")
-  with open(os.path.join(directory, "controller.json")) as f:
-    spec = json.load(f)
-  e = spec["env"]
-  if (e["window"], e["num_levels"], e["num_videos"]) != (env.window, env.num_levels_hint,
-                                                         env.num_videos):
-    raise ValueError(f"{directory}: trained for window={e['window']}, levels={e['num_levels']}, "
-                     f"videos={e['num_videos']}; the environment has {env.window}, "
-                     f"{env.num_levels_hint}, {env.num_videos}")
+  # The networks depend on the window and the ladder only; the number of videos per session
+  # just sizes the per-session memory, built from `env`.
+  directory, spec = read_export(directory, "incendio", env, match=("window", "num_levels"))
   policy = inc.Incendio(env=env, sleep_ms=int(spec["sleep_ms"]), greedy=True)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                          policy.init_params(jax.random.PRNGKey(0)))
-  params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), abstract)
-  return policy, jax.tree.map(np.asarray, params)
+  return policy, restore_params(directory, policy.init_params(jax.random.PRNGKey(0)))
