@@ -80,7 +80,11 @@ def main(argv):
                                                "trace_class", "split", "seed",
                                                "reference_quirks", "sessions")},
       "sessions": len(setup.table), "summaries": summaries,
-      "score_difference_vs_reference": diffs, "seconds": seconds})
+      "score_difference_vs_reference": diffs, "seconds": seconds,
+      # Per-session score_w in session order (the same sessions for every policy), so any
+      # other paired difference can be computed from the file.
+      "session_scores": {n: [float(x) for x in m["score"]] for n, m in results.items()}})
+
 
 if __name__ == "__main__":
   app.run(main)

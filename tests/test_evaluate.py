@@ -115,6 +115,32 @@ def test_program_end_to_end_pairs_sessions(tmp_path):
   assert any(a["score"] != b["score"] for a, b in zip(rows_a, rows_b))
 
 
+def test_compare_pairs_the_sessions_of_evaluate(tmp_path):
+  """experiments.compare: per-session scores equal experiments.evaluate's on the same flags,
+  and its paired difference is the mean of the per-session differences."""
+  import json
+  flags_ = ["--network=default:low", "--videos=default", "--users=sampled:2",
+            "--preferences=sampled", "--sessions=6", "--random_offset", "--progress=false"]
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"))
+  out = subprocess.run([sys.executable, "-m", "experiments.compare",
+                        "--policies=no_save,fixed_preload", "--reference=no_save",
+                        f"--json={tmp_path / 'c.json'}", *flags_],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "Δscore vs no_save" in out.stdout
+  result = json.loads((tmp_path / "c.json").read_text())
+  scores = {n: np.array(v) for n, v in result["session_scores"].items()}
+  assert result["sessions"] == 6 and all(len(v) == 6 for v in scores.values())
+  diff = scores["fixed_preload"] - scores["no_save"]
+  np.testing.assert_allclose(result["score_difference_vs_reference"]["fixed_preload"][0],
+                             diff.mean(), rtol=1e-6)
+  assert result["score_difference_vs_reference"]["no_save"] == [0.0, 0.0]
+  r = run_program("--policy=fixed_preload", f"--output_csv={tmp_path / 'e.csv'}", *flags_)
+  assert r.returncode == 0, r.stderr[-2000:]
+  np.testing.assert_allclose([float(row["score"]) for row in read_csv(tmp_path / "e.csv")],
+                             scores["fixed_preload"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--policy=nope"], "nope"),
     (["--users=sampled:x"], "--users"),
