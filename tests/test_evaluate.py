@@ -93,7 +93,8 @@ def test_mean_ci():
 
 
 def test_program_end_to_end_pairs_sessions(tmp_path):
-  """Two policies, same flags: same sessions row by row; the CSV has the documented columns."""
+  """Two policies, same flags: same sessions row by row; the CSV has the documented columns;
+  experiments.compare on those flags reproduces both."""
   common = ["--network=default:low", "--videos=default", "--users=sampled:2",
             "--preferences=sampled", "--sessions=8", "--random_offset", "--progress=false"]
   out_a, out_b = tmp_path / "a.csv", tmp_path / "b.csv"
@@ -113,32 +114,24 @@ def test_program_end_to_end_pairs_sessions(tmp_path):
     assert 0.0 <= float(a["normalized_qoe"]) <= 1.0
     assert a["completed"] == "1"
   assert any(a["score"] != b["score"] for a, b in zip(rows_a, rows_b))
-
-
-def test_compare_pairs_the_sessions_of_evaluate(tmp_path):
-  """experiments.compare: per-session scores equal experiments.evaluate's on the same flags,
-  and its paired difference is the mean of the per-session differences."""
+  # experiments.compare on the same flags: its per-session scores are evaluate's, and its
+  # paired difference is the mean of the per-session differences.
   import json
-  flags_ = ["--network=default:low", "--videos=default", "--users=sampled:2",
-            "--preferences=sampled", "--sessions=6", "--random_offset", "--progress=false"]
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"))
   out = subprocess.run([sys.executable, "-m", "experiments.compare",
-                        "--policies=no_save,fixed_preload", "--reference=no_save",
-                        f"--json={tmp_path / 'c.json'}", *flags_],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                        "--policies=fixed_preload,pdas_w", "--reference=fixed_preload",
+                        f"--json={tmp_path / 'c.json'}", *common],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache")))
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "Δscore vs no_save" in out.stdout
+  assert "Δscore vs fixed_preload" in out.stdout
   result = json.loads((tmp_path / "c.json").read_text())
   scores = {n: np.array(v) for n, v in result["session_scores"].items()}
-  assert result["sessions"] == 6 and all(len(v) == 6 for v in scores.values())
-  diff = scores["fixed_preload"] - scores["no_save"]
-  np.testing.assert_allclose(result["score_difference_vs_reference"]["fixed_preload"][0],
-                             diff.mean(), rtol=1e-6)
-  assert result["score_difference_vs_reference"]["no_save"] == [0.0, 0.0]
-  r = run_program("--policy=fixed_preload", f"--output_csv={tmp_path / 'e.csv'}", *flags_)
-  assert r.returncode == 0, r.stderr[-2000:]
-  np.testing.assert_allclose([float(row["score"]) for row in read_csv(tmp_path / "e.csv")],
-                             scores["fixed_preload"], rtol=1e-6)
+  assert result["sessions"] == 8
+  for name, rows in (("fixed_preload", rows_a), ("pdas_w", rows_b)):
+    np.testing.assert_allclose(scores[name], [float(r["score"]) for r in rows], rtol=1e-6)
+  np.testing.assert_allclose(result["score_difference_vs_reference"]["pdas_w"][0],
+                             np.mean(scores["pdas_w"] - scores["fixed_preload"]), rtol=1e-6)
+  assert result["score_difference_vs_reference"]["fixed_preload"] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("args,needle", [
