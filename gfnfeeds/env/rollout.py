@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Collection
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gfnfeeds.env.environment import select_rows
 from gfnfeeds.env.feeds import EnvParams, FeedsEnv, Session, session_metrics
@@ -19,6 +21,29 @@ def session_mesh(devices=None) -> Mesh:
   """A 1-D mesh over all local devices (or `devices`), axis name 'sessions'."""
   devices = jax.local_devices() if devices is None else devices
   return Mesh(np.asarray(devices), (SESSION_AXIS,))
+
+
+def place_seed_states(states, session_fields: Collection[str], mesh: Mesh | None = None):
+  """Places train states with leading [seeds, sessions, ...] axes on the local devices.
+
+  `states` is a dataclass (e.g. a flax struct); its fields named in `session_fields` (the
+  live sessions) are split on their session axis (axis 1) where it divides by the device
+  count; every other field (parameters, optimizer state, keys, counters) is replicated.
+  """
+  mesh = session_mesh() if mesh is None else mesh
+  n_dev = mesh.devices.size
+  replicated = NamedSharding(mesh, P())
+  split = NamedSharding(mesh, P(None, SESSION_AXIS))
+
+  def place(x, shard):
+    if shard and x.ndim >= 2 and x.shape[1] % n_dev == 0:
+      return jax.device_put(x, split)
+    return jax.device_put(x, replicated)
+
+  return states.replace(**{
+      f.name: jax.tree.map(lambda x, sh=f.name in session_fields: place(x, sh),
+                           getattr(states, f.name))
+      for f in dataclasses.fields(states)})
 
 
 def shard_sessions(fn: Callable, mesh: Mesh, num_sharded_args: int) -> Callable:

@@ -29,10 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gfnfeeds.env.feeds import EnvParams
-from gfnfeeds.env.rollout import SESSION_AXIS, session_mesh
+from gfnfeeds.env.rollout import place_seed_states
 from gfnfeeds.gfn import losses
 from gfnfeeds.gfn.networks import MLPPolicy
 from gfnfeeds.gfn.replay import replay_trajectories
@@ -226,22 +225,7 @@ def shard_train_state(states: TrainState, mesh=None) -> TrainState:
   Parameters, optimizer state and keys are replicated; the live sessions are
   split on their session axis when it divides by the device count.
   """
-  mesh = session_mesh() if mesh is None else mesh
-  n_dev = mesh.devices.size
-  replicated = NamedSharding(mesh, P())
-  split = NamedSharding(mesh, P(None, SESSION_AXIS))
-
-  def place(x, shard):
-    if shard and x.ndim >= 2 and x.shape[1] % n_dev == 0:
-      return jax.device_put(x, split)
-    return jax.device_put(x, replicated)
-
-  return TrainState(
-      params=jax.tree.map(lambda x: place(x, False), states.params),
-      opt_state=jax.tree.map(lambda x: place(x, False), states.opt_state),
-      obs=jax.tree.map(lambda x: place(x, True), states.obs),
-      env_state=jax.tree.map(lambda x: place(x, True), states.env_state),
-      key=place(states.key, False), step=place(states.step, False))
+  return place_seed_states(states, ("obs", "env_state"), mesh)
 
 
 def init_train_states(seed: int, num_seeds: int, settings: GFNTrainSettings,

@@ -54,11 +54,10 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gfnfeeds.env.environment import tree_select
 from gfnfeeds.env.feeds import EnvParams, EnvState, FeedsEnv, Observation, transmit
-from gfnfeeds.env.rollout import SESSION_AXIS, session_mesh
+from gfnfeeds.env.rollout import place_seed_states
 from gfnfeeds.policies import incendio as inc
 from gfnfeeds.policies.rules import Pdas
 from gfnfeeds.training import ppo
@@ -473,20 +472,7 @@ def init_train_states(seed: int, num_seeds: int, s: IncendioTrainSettings,
 
 def shard_train_state(states: TrainState, mesh=None) -> TrainState:
   """Sessions ([seeds, sessions, ...]: obs, env_state, pstate) split over local devices."""
-  mesh = session_mesh() if mesh is None else mesh
-  n_dev = mesh.devices.size
-  replicated = NamedSharding(mesh, P())
-  split = NamedSharding(mesh, P(None, SESSION_AXIS))
-
-  def place(x, shard):
-    if shard and x.ndim >= 2 and x.shape[1] % n_dev == 0:
-      return jax.device_put(x, split)
-    return jax.device_put(x, replicated)
-
-  sessions = {"obs", "env_state", "pstate"}
-  return TrainState(**{f.name: jax.tree.map(lambda x, sh=f.name in sessions: place(x, sh),
-                                            getattr(states, f.name))
-                       for f in dataclasses.fields(TrainState)})
+  return place_seed_states(states, ("obs", "env_state", "pstate"), mesh)
 
 
 # ----------------------------------------------------------------- the shared loop's interface
