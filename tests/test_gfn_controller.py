@@ -18,8 +18,9 @@ from gfnfeeds.gfn.networks import MLPPolicy
 from gfnfeeds.gfn.replay import replay_trajectories, with_log_rewards
 from gfnfeeds.gfn.sampling import sample_trajectories
 from gfnfeeds.planning import belief as belief_lib
-from gfnfeeds.policies.gfn import (GFNController, make_server, observation_features,
-                                   observation_feature_dim)
+from gfnfeeds.policies.gfn import (GFNController, enumerate_plan_log_probs, make_server,
+                                   observation_features, observation_feature_dim, plan_cond,
+                                   sample_distinct_plans)
 
 ENV = FeedsEnv()
 
@@ -219,6 +220,49 @@ def test_selector_executes_first_token_of_best_plan(default_data):
   d1 = single.decide(jax.random.PRNGKey(7), single.init_params(jax.random.PRNGKey(0)), obs,
                      catalog)
   assert d1.plans.shape == (1, 2) and int(d1.action_index) == int(d1.plans[0, 0])
+
+
+def test_enumerated_plan_distribution_is_the_samplers(default_data):
+  """The exact plan distribution equals the ancestral sampler's log-probabilities, sums to 1,
+  puts no mass on masked plans; "distinct" candidates are K different allowed plans."""
+  catalog, params = default_data
+  obs, _ = advance(params, jax.random.PRNGKey(5), steps=8)
+  ctrl = small_controller(num_candidates=64)
+  p = ctrl.init_params(jax.random.PRNGKey(1))
+  feats = observation_features(obs, catalog, ctrl.belief)
+  remaining = jnp.asarray([1, 0, 2, 5, 0], jnp.int32)  # slot 0: one chunk left, slots 1, 4 none
+  cond = plan_cond(feats, obs.weights, remaining)
+  lp, plans = jax.jit(lambda p, c: enumerate_plan_log_probs(ctrl.dag, ctrl.model.apply, p, c)
+                      )(p, cond)
+  lp, plans = np.asarray(lp), np.asarray(plans)
+  t = ctrl.dag.num_tokens
+  assert lp.shape == (t * t,) and plans.shape == (t * t, 2)
+  np.testing.assert_allclose(np.logaddexp.reduce(lp[np.isfinite(lp)]), 0.0, atol=1e-5)
+  # Allowed: neither token downloads slot 1 or 4, and slot 0 at most once.
+  slot = np.where(plans < 15, plans // 3, -1)
+  allowed = (~np.isin(slot, [1, 4]).any(1)) & ((slot == 0).sum(1) <= 1)
+  np.testing.assert_array_equal(np.isfinite(lp), allowed)
+  traj = ctrl.sample_plans(jax.random.PRNGKey(2), p, feats, obs.weights, remaining)
+  sampled = np.asarray(traj.actions[:, :2])
+  np.testing.assert_allclose(np.asarray(traj.log_pf.sum(1)), lp[sampled[:, 0] * t + sampled[:, 1]],
+                             atol=1e-5)
+  drawn = np.asarray(sample_distinct_plans(jax.random.PRNGKey(3), jnp.asarray(lp),
+                                           jnp.asarray(plans), 64))
+  assert len({tuple(x) for x in drawn}) == 64 and allowed[drawn[:, 0] * t + drawn[:, 1]].all()
+  # Fewer allowed plans than K: the extra rows repeat the first draw, never a masked plan.
+  few = jnp.where(jnp.arange(t * t) < 3, 0.0, -jnp.inf).astype(jnp.float32)
+  drawn = np.asarray(sample_distinct_plans(jax.random.PRNGKey(4), few, jnp.asarray(plans), 5))
+  assert {tuple(x) for x in drawn} == {tuple(x) for x in plans[:3]}
+  # The controller with distinct candidates: K different plans, the best one's first token acts.
+  dctrl = small_controller(num_candidates=6, candidates="distinct")
+  d = jax.jit(dctrl.decide)(jax.random.PRNGKey(7), p, obs, catalog)
+  assert len({tuple(x) for x in np.asarray(d.plans)}) == 6
+  assert int(d.action_index) == int(np.asarray(d.plans)[int(np.argmax(d.utilities)), 0])
+  assert bool(obs.action_mask[int(d.action_index)])
+  with pytest.raises(ValueError, match="candidates"):
+    small_controller(candidates="many")
+  with pytest.raises(ValueError, match="enumerates"):
+    small_controller(horizon=4, candidates="distinct")
 
 
 def test_server_batches_equal_single_decisions_and_do_not_retrace(default_data):

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn = ml_collections.ConfigDict()
   config.gfn.horizon = 2  # H: decisions per plan
   config.gfn.num_candidates = 10  # K plans per decision
+  config.gfn.candidates = "iid"  # iid | distinct (K different plans, without replacement)
   config.gfn.num_scenarios = 8  # M belief scenarios
   config.gfn.hidden = (256, 256)
   config.gfn.loss = "tb"  # tb | db | subtb | fm

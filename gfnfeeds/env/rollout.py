@@ -105,6 +105,16 @@ def make_autoreset_rollout(env: FeedsEnv, policy, num_steps: int):
   return rollout
 
 
+def decision_key(session_key: jax.Array, t) -> jax.Array:
+  """The key a policy acts with at decision `t` of a session evaluated with `session_key`.
+
+  `make_session_evaluator` uses it, and so does the clairvoyant oracle when it re-runs a base
+  policy, so that the oracle reproduces the base policy's evaluated trajectory exactly, a
+  stochastic policy (the GFlowNet controller) included.
+  """
+  return jax.random.split(jax.random.fold_in(session_key, t))[0]
+
+
 def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
   """Returns `evaluate(sessions, keys[N], params, policy_params=()) -> (metrics of [N], steps)`.
 
@@ -115,8 +125,9 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
 
   A clairvoyant policy (`clairvoyant` marker, gfnfeeds.policies.base.ClairvoyantPolicy:
   the oracle upper bound, the one declared reader of the World) gets the true
-  EnvState, the EnvParams and the decision limit: `init_clairvoyant(obs, state,
-  params, limit)` and `act_clairvoyant(key, pstate, obs, state, params, limit)`.
+  EnvState, the EnvParams and the decision limit: `init_clairvoyant(key, obs, state,
+  params, limit)` (`key`: the session's key, see `decision_key`) and
+  `act_clairvoyant(key, pstate, obs, state, params, limit)`.
   """
   limit = env.max_steps if max_steps is None else int(max_steps)
 
@@ -125,13 +136,13 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
     clairvoyant = getattr(bound, "clairvoyant", False)
     obs, state = jax.vmap(env.reset_to_session, in_axes=(0, None))(sessions, params)
     if clairvoyant:
-      pstate = jax.vmap(lambda o, s: bound.init_clairvoyant(o, s, params, limit))(obs, state)
+      pstate = jax.vmap(lambda k, o, s: bound.init_clairvoyant(k, o, s, params, limit))(
+          keys, obs, state)
     else:
       pstate = jax.vmap(bound.init, in_axes=(0, None))(obs, params.catalog)
     done = jnp.zeros(keys.shape[:1], bool)
 
-    def act(key, obs, state, pstate):
-      k_act = jax.random.split(key)[0]
+    def act(k_act, obs, state, pstate):
       if clairvoyant:
         return bound.act_clairvoyant(k_act, pstate, obs, state, params, limit)
       return bound.act(k_act, pstate, obs, params.catalog)
@@ -141,8 +152,8 @@ def make_session_evaluator(env: FeedsEnv, policy, max_steps: int | None = None):
 
     def body(c):
       t, keys, obs, state, pstate, done = c
-      step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
-      action, pstate_n = jax.vmap(act)(step_keys, obs, state, pstate)
+      act_keys = jax.vmap(decision_key, in_axes=(0, None))(keys, t)
+      action, pstate_n = jax.vmap(act)(act_keys, obs, state, pstate)
       # The dynamics ignore the key; the batched transition equals vmap(step_env) bitwise.
       obs_n, state_n, _, terminated, truncated, _ = env.step_env_batch(None, state, action,
                                                                        params)

@@ -80,7 +80,8 @@ class ClairvoyantPolicy(Policy):
 
   clairvoyant = True  # class attribute, not a field
 
-  def init_clairvoyant(self, obs: Observation, state, params, limit: int) -> PolicyState:
+  def init_clairvoyant(self, key: jax.Array, obs: Observation, state, params,
+                       limit: int) -> PolicyState:
     raise NotImplementedError
 
   def act_clairvoyant(self, key: jax.Array, policy_state: PolicyState, obs: Observation,

@@ -37,12 +37,14 @@ from gfnfeeds.env.feeds import CHUNK_MS, FeedsEnv, Observation
 from gfnfeeds.env.preferences import MMGC_WEIGHTS, WEIGHT_HIGH
 from gfnfeeds.gfn.dag import DAGEnv
 from gfnfeeds.gfn.networks import MLPPolicy
-from gfnfeeds.gfn.sampling import Trajectories, sample_trajectories
+from gfnfeeds.gfn.sampling import Trajectories, exploration_log_probs, sample_trajectories
 from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.base import Policy
 
 F32 = jnp.float32
 CONDITIONS = ("user", "mmgc")
+CANDIDATE_MODES = ("iid", "distinct")
+MAX_ENUMERATED_PLANS = 4096  # num_tokens ** horizon above this: "distinct" is refused
 
 
 @struct.dataclass
@@ -146,6 +148,56 @@ class PlanDAG(DAGEnv):
 
   def forward_action(self, state, backward_action, cond):
     return state.tokens[jnp.maximum(state.length - 1, 0)]
+
+
+def enumerate_plan_log_probs(dag: PlanDAG, apply_fn, params, cond, epsilon=0.0,
+                             temperature=1.0) -> tuple[jax.Array, jax.Array]:
+  """The exact distribution of the sampler over all num_tokens ** horizon plans of one decision.
+
+  The plan DAG is a prefix tree of fixed depth, so every plan's probability is the
+  product of its H token probabilities. The network runs once on every prefix of
+  length < H (1 + T + ... + T^(H-1) rows; 17 for H = 2 and 16 tokens, against
+  K (H + 1) rows for K ancestral samples) and the product is formed for all plans.
+
+  Args:
+    dag: the plan DAG.
+    apply_fn: the policy network's apply (params, features, cond_features) -> PolicyOutput.
+    cond: one decision's conditioning (no batch axis).
+    epsilon, temperature: the sampler's exploration (as `sample_trajectories`).
+
+  Returns:
+    (log_probs float32 [T^H] of the exploring sampler, -inf for plans the masks forbid;
+     plans int32 [T^H, H], plan i = the base-T digits of i, first token most significant).
+  """
+  t, h = dag.num_tokens, dag.horizon
+  cond_features = dag.cond_features(cond)[None]
+  states = jax.tree.map(lambda x: x[None], dag.init(cond))
+  log_probs = jnp.zeros((1,), F32)
+  tokens = jnp.arange(t, dtype=jnp.int32)
+  for _ in range(h):  # static depth: H levels of the prefix tree
+    n = log_probs.shape[0]
+    features = jax.vmap(dag.featurize, in_axes=(0, None))(states, cond)
+    out = apply_fn(params, features, jnp.broadcast_to(cond_features, (n,) + cond_features.shape[1:]))
+    mask = jax.vmap(dag.forward_mask, in_axes=(0, None))(states, cond)
+    step_lp = exploration_log_probs(out.forward_logits, mask, epsilon, temperature)[:, :t]
+    log_probs = (log_probs[:, None] + step_lp).reshape(-1)
+    states = jax.vmap(lambda s: jax.vmap(lambda a: dag.step(s, a, cond))(tokens))(states)
+    states = jax.tree.map(lambda x: x.reshape((n * t,) + x.shape[2:]), states)
+  index = jnp.arange(t ** h, dtype=jnp.int32)
+  plans = jnp.stack([(index // t ** (h - 1 - d)) % t for d in range(h)], axis=1)
+  return log_probs, plans
+
+
+def sample_distinct_plans(key: jax.Array, log_probs: jax.Array, plans: jax.Array,
+                          num: int) -> jax.Array:
+  """`num` plans drawn WITHOUT replacement from exp(log_probs) (Gumbel-top-k), int32 [num, H].
+
+  Where fewer than `num` plans are allowed, the remaining rows repeat the first draw.
+  """
+  perturbed = log_probs + jax.random.gumbel(key, log_probs.shape, F32)
+  values, index = jax.lax.top_k(perturbed, num)
+  index = jnp.where(jnp.isfinite(values), index, index[0])
+  return plans[index]
 
 
 # ----------------------------------------------------------------- features
@@ -282,6 +334,9 @@ class GFNController(Policy):
     flow_head: the network has a log F head (DB, SubTB, FM checkpoints).
     condition: "user" (the user's w) or "mmgc" (fixed MMGC weights).
     epsilon, temperature: exploration of the plan sampler (0 and 1 when serving).
+    candidates: "iid" (K independent ancestral samples) or "distinct" (K different
+      plans drawn without replacement from the same distribution, computed exactly
+      over all plans by `enumerate_plan_log_probs`; K = 1 is then an exact sample).
     network_params: the Flax parameters (bound with `bind`; not part of the hash).
   """
 
@@ -294,12 +349,21 @@ class GFNController(Policy):
   condition: str = "user"
   epsilon: float = 0.0
   temperature: float = 1.0
+  candidates: str = "iid"
   network_params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
   def __post_init__(self):
     if self.condition not in CONDITIONS:
       raise ValueError(f"GFNController: condition must be one of {CONDITIONS}, "
                        f"got {self.condition!r}")
+    if self.candidates not in CANDIDATE_MODES:
+      raise ValueError(f"GFNController: candidates must be one of {CANDIDATE_MODES}, "
+                       f"got {self.candidates!r}")
+    if self.candidates == "distinct":
+      tokens = self.env.window * self.env.num_levels_hint + len(self.env.sleep_choices_ms)
+      if tokens ** self.horizon > MAX_ENUMERATED_PLANS:
+        raise ValueError(f"GFNController: candidates='distinct' enumerates {tokens}^"
+                         f"{self.horizon} plans, more than {MAX_ENUMERATED_PLANS}; use 'iid'")
     if self.horizon < 1 or self.num_candidates < 1:
       raise ValueError(f"GFNController: horizon and num_candidates must be >= 1, got "
                        f"{self.horizon} and {self.num_candidates}")
@@ -331,9 +395,20 @@ class GFNController(Policy):
       return jnp.asarray(MMGC_WEIGHTS, jnp.float64)
     return jnp.asarray(obs.weights, jnp.float64)
 
+  def candidate_plans(self, key: jax.Array, params, obs_features, weights,
+                      remaining) -> jax.Array:
+    """int32 [K, H]: the K candidate plans of one decision (`candidates` mode)."""
+    if self.candidates == "distinct":
+      cond = plan_cond(obs_features, weights, remaining)
+      log_probs, plans = enumerate_plan_log_probs(self.dag, self.model.apply, params, cond,
+                                                  self.epsilon, self.temperature)
+      return sample_distinct_plans(key, log_probs, plans, self.num_candidates)
+    traj = self.sample_plans(key, params, obs_features, weights, remaining)
+    return traj.actions[:, :self.horizon]
+
   def sample_plans(self, key: jax.Array, params, obs_features, weights, remaining,
                    num: Optional[int] = None) -> Trajectories:
-    """`num` (default K) plan trajectories for one decision."""
+    """`num` (default K) plan trajectories for one decision (ancestral, independent)."""
     num = self.num_candidates if num is None else num
     cond = plan_cond(obs_features, weights, remaining)
     cond = jax.tree.map(lambda c: jnp.broadcast_to(c, (num,) + c.shape), cond)
@@ -347,8 +422,7 @@ class GFNController(Policy):
     weights = self.selection_weights(obs) if weights is None else weights
     feats = observation_features(obs, catalog, self.belief)
     remaining = remaining_chunks(obs)
-    traj = self.sample_plans(k_plan, params, feats, weights, remaining)
-    plans = traj.actions[:, :self.horizon]
+    plans = self.candidate_plans(k_plan, params, feats, weights, remaining)
     if self.num_candidates == 1:
       components = jnp.zeros((1, belief_lib.NUM_COMPONENTS), jnp.float64)
       utilities = jnp.zeros((1,), jnp.float64)

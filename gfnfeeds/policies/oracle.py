@@ -12,9 +12,13 @@ search moves):
 
   * Start of the session (`init_clairvoyant`): each base policy in `base` (by
     default every rule controller: No-Save, Fixed-Preload, MPC + Fixed-Preload,
-    PDAS, PDAS personalized) is run to the end of the session from the true
-    initial state; the best of these complete trajectories, stored as its
-    action sequence, is the incumbent.
+    PDAS, PDAS personalized; `gfnfeeds.policies.registry.load_policy("oracle")`
+    adds the committed DAM, Incendio and GFlowNet controllers, their parameters
+    passed with `bind`) is run to the end of the session from the true initial
+    state, acting with the keys the session evaluator would give it
+    (`gfnfeeds.env.rollout.decision_key` of the session's key), so each run IS
+    that policy's evaluated trajectory on the session; the best of these
+    complete trajectories, stored as its action sequence, is the incumbent.
   * Every decision at step t (`act_clairvoyant`): 2 + H + (2 + H) A candidate
     trajectories (A = the discrete action set, 16 by default; H = 4 variants of
     a clairvoyant continuation heuristic, `heuristic_action`: fetch only the
@@ -33,12 +37,15 @@ Guarantee (cost improvement). The dynamics are deterministic given the session,
 so the value of "keep" at step t+1 equals the value of the candidate chosen at
 step t: the value of the incumbent never decreases, and the final score equals
 it. Hence on EVERY session the oracle scores at least as much as each of its base
-policies (every rule controller by default), exactly, up to the float
-reproducibility of the environment's step under different batching (the env's
-delays are computed with exact divisions for this reason). Against any other
-policy (the GFlowNet controller, random-shooting MPC, learned baselines) there
-is no proof: the local search with perfect information only makes it very
-likely; tests/test_reference_planners.py checks it on a sample of sessions.
+policies evaluated with the same seed (the same session keys), stochastic ones
+included, exactly, up to the float reproducibility of the environment's step and
+of the networks under different batching (the env's delays are computed with exact
+divisions for this reason). Against a policy that is not a base (random-shooting
+MPC, a controller evaluated with another seed) there is no proof: the local search
+with perfect information only makes it very likely; tests/test_reference_planners.py
+checks it on a sample of sessions. Local search from a better incumbent is not
+monotone: adding a base can lower the oracle's score on a session (never below
+the best base).
 
 Budget. Per decision 2 + H + (2 + H) A = 102 exact simulations of the rest of
 the session: for a session of D decisions about 51 D^2 environment steps (D =
@@ -59,11 +66,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from gfnfeeds.env.feeds import Action, FeedsEnv, download, session_metrics, sleep
+from gfnfeeds.env.rollout import decision_key
 from gfnfeeds.policies.base import ClairvoyantPolicy, Policy
 from gfnfeeds.policies.rules import FixedPreload, MpcFixedPreload, NoSave, Pdas, PdasPersonalized
 
 UPPER_BOUND = "upper bound"
-_BASE_KEY = 0  # rule policies ignore their key; a fixed one keeps the base rollouts exact
 
 
 @struct.dataclass
@@ -138,8 +145,8 @@ class ClairvoyantOracle(ClairvoyantPolicy):
     env: the FeedsEnv (its step_env simulates every candidate; its discrete
       action set gives the insert/replace moves).
     base: the base policies whose complete trajectories seed the incumbent; the
-      oracle never scores below any of them on any session. Observation-only,
-      deterministic policies (their keys are ignored).
+      oracle never scores below any of them on any session (evaluated with the same
+      seed). Observation-only policies; learned ones get their parameters from `bind`.
     local_search: run the per-decision moves (False: the best base trajectory only).
     slack: decisions a candidate may run past the incumbent's end before it is
       discarded.
@@ -156,21 +163,35 @@ class ClairvoyantOracle(ClairvoyantPolicy):
   def name(self) -> str:
     return f"oracle ({UPPER_BOUND})"
 
+  def bind(self, policy_params) -> "ClairvoyantOracle":
+    """The oracle with each base policy bound to its parameters.
+
+    `policy_params` is `()` (rule bases only) or a tuple with one entry per base
+    policy (`()` for a rule), as `registry.load_policy("oracle", env)` returns.
+    """
+    if isinstance(policy_params, tuple) and not policy_params:
+      return self
+    if len(policy_params) != len(self.base):
+      raise ValueError(f"ClairvoyantOracle.bind: {len(policy_params)} parameter entries for "
+                       f"{len(self.base)} base policies")
+    return dataclasses.replace(self, base=tuple(
+        p.bind(pp) for p, pp in zip(self.base, policy_params)))
+
   # ------------------------------------------------------------- simulation helpers
-  def _base_rollout(self, policy: Policy, obs, state, params, limit: int):
-    """(actions [L], end, score) of `policy` run from `state` to the end of the session."""
+  def _base_rollout(self, policy: Policy, key, obs, state, params, limit: int):
+    """(actions [L], end, score) of `policy` run from `state` to the end of the session, acting
+    at decision t with `decision_key(key, t)`: the keys the session evaluator gives it."""
     length = limit + 1
     pad = _pad_action()
     buf = jax.tree.map(lambda x: jnp.full((length,), x, jnp.int32), pad)
     pstate = policy.init(obs, params.catalog)
-    key = jax.random.PRNGKey(_BASE_KEY)
 
     def cond(c):
       return ~c[4]
 
     def body(c):
       obs, st, ps, buf, _ = c
-      action, ps = policy.act(key, ps, obs, params.catalog)
+      action, ps = policy.act(decision_key(key, st.steps), ps, obs, params.catalog)
       action = _as_action(action)
       at = jnp.minimum(st.steps, length - 1)
       buf = jax.tree.map(lambda b, a: b.at[at].set(a), buf, action)
@@ -210,10 +231,10 @@ class ClairvoyantOracle(ClairvoyantPolicy):
     return jnp.where(done, _score(final, params), -jnp.inf), j
 
   # ------------------------------------------------------------- clairvoyant interface
-  def init_clairvoyant(self, obs, state, params, limit: int) -> OracleState:
+  def init_clairvoyant(self, key, obs, state, params, limit: int) -> OracleState:
     if not self.base:
       raise ValueError("ClairvoyantOracle: at least one base policy is needed")
-    runs = [self._base_rollout(p, obs, state, params, limit) for p in self.base]
+    runs = [self._base_rollout(p, key, obs, state, params, limit) for p in self.base]
     values = jnp.stack([r[2] for r in runs])
     best = jnp.argmax(values)
     pick = lambda *xs: jnp.stack(xs)[best]  # noqa: E731

@@ -38,6 +38,9 @@ LEARNED_POLICIES = tuple(LEARNED_LOADERS)
 # Trained controllers shipped with the package (commands that made them: checkpoints/README.md).
 CHECKPOINT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_CHECKPOINTS = {name: CHECKPOINT_ROOT / f"{name}_default" for name in LEARNED_LOADERS}
+# Learned controllers whose committed checkpoints also seed the oracle's incumbent, so that its
+# never-below guarantee covers them (gfnfeeds/policies/oracle.py).
+ORACLE_LEARNED_SEEDS = ("dam", "incendio", "gfn")
 
 
 def policy_names() -> tuple[str, ...]:
@@ -67,6 +70,8 @@ def load_policy(name: str, env, checkpoint: str | None = None, **overrides):
   if name in RULE_POLICIES:
     if checkpoint is not None:
       raise ValueError(f"policy {name!r} is rule-based and takes no checkpoint")
+    if name == "oracle":
+      return _seeded_oracle(env, overrides)
     return make_policy(name, env, **overrides), ()
   if name in LEARNED_LOADERS:
     import importlib
@@ -77,6 +82,40 @@ def load_policy(name: str, env, checkpoint: str | None = None, **overrides):
     controller, params = load(str(path), env)
     return _replace_nested(controller, overrides), params
   raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(all_policy_names())}")
+
+
+def _seeded_oracle(env, overrides: dict):
+  """The clairvoyant oracle seeded with the rules and the committed greedy learned controllers.
+
+  The override `learned_seeds` ("dam,incendio,gfn" by default, "none": the rules only) names
+  the learned controllers whose committed checkpoints seed the incumbent. A default seed whose
+  checkpoint does not fit `env` (another action set) is left out with a warning; one named
+  explicitly raises.
+  """
+  import warnings
+  overrides = dict(overrides)
+  explicit = "learned_seeds" in overrides
+  spec = str(overrides.pop("learned_seeds", ",".join(ORACLE_LEARNED_SEEDS)))
+  names = [] if spec == "none" else [n for n in spec.split(",") if n]
+  unknown = [n for n in names if n not in LEARNED_LOADERS]
+  if unknown:
+    raise ValueError(f"oracle: learned_seeds names unknown controllers {unknown}; valid: "
+                     f"{', '.join(LEARNED_LOADERS)} or none")
+  oracle = make_policy("oracle", env)
+  bases, params = list(oracle.base), [()] * len(oracle.base)
+  for seed in names:
+    try:
+      policy, pp = load_policy(seed, env)
+    except ValueError as err:
+      if explicit:
+        raise
+      warnings.warn(f"oracle: the committed {seed} controller does not seed the incumbent "
+                    f"({err})")
+      continue
+    bases.append(policy)
+    params.append(pp)
+  oracle = _replace_nested(oracle, dict(overrides, base=tuple(bases)))
+  return oracle, tuple(params)
 
 
 def _replace_nested(obj, overrides: dict):

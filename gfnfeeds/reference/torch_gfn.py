@@ -94,6 +94,7 @@ class TorchGFNSettings:
   hidden: tuple = (256, 256)
   epsilon: float = 0.05
   temperature: float = 1.0
+  candidates: str = "iid"  # or "distinct": K different plans (GFNController.candidates)
   # belief model
   num_scenarios: int = 8
   history: int = 5
@@ -146,7 +147,8 @@ class TorchGFNSettings:
                sleep_choices_ms=tuple(env.sleep_choices_ms), num_videos=env.num_videos,
                history_len=env.history_len, max_steps=env.max_steps, horizon=c.horizon,
                num_candidates=c.num_candidates, hidden=tuple(c.hidden), epsilon=c.epsilon,
-               temperature=c.temperature, num_scenarios=b.num_scenarios, history=b.history,
+               temperature=c.temperature, candidates=c.candidates,
+               num_scenarios=b.num_scenarios, history=b.history,
                prior_mbps=b.prior_mbps, prior_spread=b.prior_spread, min_spread=b.min_spread,
                max_spread=b.max_spread, belief_rtt_ms=b.rtt_ms,
                terminal_weight=b.terminal_weight, terminal_horizon_ms=b.terminal_horizon_ms,
@@ -701,6 +703,47 @@ class TorchReferenceTrainer:
         planned[is_dl, slot_of[action[is_dl]]] += 1
     return tokens.numpy()
 
+  def enumerate_plans(self, cond, remaining):
+    """(log-probs [B, T^H] of the exploring sampler, -inf off the masks; plans int [B, T^H, H])
+    for cond [B, C], remaining [B, W]: the network on every prefix, as
+    `gfnfeeds.policies.gfn.enumerate_plan_log_probs` (same plan order)."""
+    s = self.s
+    b, t, h = cond.shape[0], s.num_tokens, s.horizon
+    slot_of = (torch.arange(t) // s.levels).clamp(max=s.window - 1)
+    # [T, W]: the slot each token downloads (none for the sleeps).
+    hit = torch.nn.functional.one_hot(slot_of, s.window) * (
+        torch.arange(t) < s.window * s.levels)[:, None]
+    with torch.no_grad():
+      tokens = torch.full((b, 1, h), -1, dtype=torch.long)  # prefixes [B, P, H]
+      planned = torch.zeros((b, 1, s.window), dtype=torch.long)
+      log_p = torch.zeros((b, 1))
+      for depth in range(h):
+        p = tokens.shape[1]
+        length = torch.full((b * p,), depth, dtype=torch.long)
+        logits = self.net(plan_features(tokens.reshape(b * p, h), length, s),
+                          cond.repeat_interleave(p, dim=0))
+        mask = forward_mask(remaining.repeat_interleave(p, dim=0), planned.reshape(b * p, -1),
+                            length, s)
+        probs = torch.softmax(logits.masked_fill(~mask, -math.inf) / s.temperature, dim=-1)
+        uniform = mask.float() / mask.sum(dim=1, keepdim=True)
+        step = torch.log((1.0 - s.epsilon) * probs + s.epsilon * uniform)[:, :t]
+        log_p = (log_p[:, :, None] + step.reshape(b, p, t)).reshape(b, p * t)
+        tokens = tokens[:, :, None].repeat(1, 1, t, 1)
+        tokens[:, :, :, depth] = torch.arange(t)
+        tokens = tokens.reshape(b, p * t, h)
+        planned = (planned[:, :, None] + hit).reshape(b, p * t, s.window)
+    return log_p, tokens
+
+  def sample_distinct_plans(self, cond, remaining):
+    """int [B, K, H]: K different plans per decision drawn without replacement (Gumbel-top-K
+    over `enumerate_plans`; rows past the allowed plans repeat the first draw)."""
+    k, h = self.s.num_candidates, self.s.horizon
+    log_p, tokens = self.enumerate_plans(cond, remaining)
+    gumbel = -torch.log(-torch.log(torch.rand(log_p.shape, generator=self.gen)))
+    values, index = torch.topk(log_p + gumbel, k, dim=1)
+    index = torch.where(torch.isfinite(values), index, index[:, :1])
+    return torch.gather(tokens, 1, index[:, :, None].expand(-1, k, h)).numpy()
+
   # --------------------------------------------------------- one update
   def rollout(self):
     s, data = self.s, self.data
@@ -714,9 +757,12 @@ class TorchReferenceTrainer:
       weights = np.stack([v.weights for v in views])
       remaining = np.stack([v.remaining() for v in views])
       cond = np.concatenate([feats, weight_features_np(weights)], axis=1)
-      plans = self.sample_plans(torch.as_tensor(np.repeat(cond, k, axis=0)),
-                                torch.as_tensor(np.repeat(remaining, k, axis=0)))
-      plans = plans.reshape(len(views), k, s.horizon)
+      if s.candidates == "distinct":
+        plans = self.sample_distinct_plans(torch.as_tensor(cond), torch.as_tensor(remaining))
+      else:
+        plans = self.sample_plans(torch.as_tensor(np.repeat(cond, k, axis=0)),
+                                  torch.as_tensor(np.repeat(remaining, k, axis=0)))
+        plans = plans.reshape(len(views), k, s.horizon)
       comps = np.zeros((len(views), k, 4))
       for i, (sess, view, bw) in enumerate(zip(self.sessions, views, bws)):
         scenarios = build_scenarios(self.rng, view, data, s, bw)

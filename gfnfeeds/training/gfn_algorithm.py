@@ -21,7 +21,6 @@ from gfnfeeds.training.export import loop_hooks, read_export, restore_params, wr
 from gfnfeeds.training.loop import Algorithm, TrainingData
 
 
-
 def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> GFNController:
   """The GFNController that `config.gfn` describes, acting in `env`."""
   g = config.gfn
@@ -32,7 +31,8 @@ def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> 
   return GFNController(env=env, horizon=int(g.horizon), num_candidates=int(g.num_candidates),
                        belief=belief, hidden=tuple(int(h) for h in g.hidden),
                        flow_head=g.loss != "tb", epsilon=float(g.epsilon),
-                       temperature=float(g.temperature))
+                       temperature=float(g.temperature),
+                       candidates=str(g.get("candidates", "iid")))
 
 
 def settings_from_config(config: ml_collections.ConfigDict,
@@ -69,6 +69,7 @@ def save_controller(directory: str, controller: GFNController, params, loss: str
   write_export(directory, "gfn", controller.env, {
       "loss": loss, "horizon": controller.horizon, "num_candidates": controller.num_candidates,
       "hidden": list(controller.hidden), "flow_head": controller.flow_head,
+      "candidates": controller.candidates,
       "belief": dataclasses.asdict(controller.belief)}, params)
 
 
@@ -83,5 +84,6 @@ def load_controller(directory: str, env: FeedsEnv) -> tuple[GFNController, objec
   controller = GFNController(env=env, horizon=int(spec["horizon"]),
                              num_candidates=int(spec["num_candidates"]),
                              belief=BeliefConfig(**spec["belief"]),
-                             hidden=tuple(spec["hidden"]), flow_head=bool(spec["flow_head"]))
+                             hidden=tuple(spec["hidden"]), flow_head=bool(spec["flow_head"]),
+                             candidates=str(spec.get("candidates", "iid")))
   return controller, restore_params(directory, controller.init_params(jax.random.PRNGKey(0)))
