@@ -112,6 +112,8 @@ flags.DEFINE_string("videos", "default", "feeds/latency catalog: 'default', MMGC
 flags.DEFINE_integer("feeds_sessions", 32, "sessions per update (config train.num_sessions)")
 flags.DEFINE_integer("feeds_rollout_steps", 8, "decisions per session per update")
 flags.DEFINE_integer("feeds_updates_per_chunk", 10, "updates fused in one timed JAX call")
+flags.DEFINE_enum("feeds_candidates", None, ["iid", "distinct"],
+                  "candidate sampling of the benchmarked controller (default: the config's)")
 flags.DEFINE_integer("feeds_repeats", 5, "timed JAX calls (median reported)")
 flags.DEFINE_list("feeds_placements", ["single", "sharded"],
                   "JAX session placements measured: single device, sharded over local devices")
@@ -652,8 +654,11 @@ def main(argv):
     config.train.num_sessions = FLAGS.feeds_sessions
     config.train.rollout_steps = FLAGS.feeds_rollout_steps
     config.train.updates_per_chunk = FLAGS.feeds_updates_per_chunk
+    if FLAGS.feeds_candidates:
+      config.gfn.candidates = FLAGS.feeds_candidates
     settings = feeds_settings(config, env)
-    result["feeds_data"] = {"network": FLAGS.network, "videos": FLAGS.videos}
+    result["feeds_data"] = {"network": FLAGS.network, "videos": FLAGS.videos,
+                            "candidates": config.gfn.candidates}
   if "feeds" in suites:
     result["feeds"] = run_feeds(settings, env_params, FLAGS.feeds_placements, FLAGS.feeds_repeats,
                                 FLAGS.torch_updates, FLAGS.torch_warmup,

@@ -315,6 +315,13 @@ def test_policy_specs_set_nested_settings_and_name_bad_ones():
     load_policy("gfn", ENV, **{"nope.x": 1})
   with pytest.raises(TypeError, match="bogus"):
     load_policy("gfn", ENV, **{"belief.bogus": 1})
+  # Booleans are read as booleans ("False" must not become a truthy string); rule-like
+  # planners take dotted settings too.
+  _, _, flags = parse_policy_spec("random_shooting:belief.swipe_in_flight=False:"
+                                  "belief.robust_discount=true:horizon=1")
+  assert flags == {"belief.swipe_in_flight": False, "belief.robust_discount": True, "horizon": 1}
+  shooter, _ = load_policy("random_shooting", ENV, **flags)
+  assert shooter.belief.robust_discount is True and shooter.horizon == 1
 
 
 def test_robust_discount_is_robustmpc_max_error():

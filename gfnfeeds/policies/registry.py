@@ -72,7 +72,7 @@ def load_policy(name: str, env, checkpoint: str | None = None, **overrides):
       raise ValueError(f"policy {name!r} is rule-based and takes no checkpoint")
     if name == "oracle":
       return _seeded_oracle(env, overrides)
-    return make_policy(name, env, **overrides), ()
+    return _replace_nested(make_policy(name, env), overrides), ()
   if name in LEARNED_LOADERS:
     import importlib
 
@@ -169,7 +169,7 @@ def make_policy(name: str, env=None, **kwargs) -> Policy:
 def parse_policy_spec(spec: str) -> tuple[str, str | None, dict]:
   """'name[:key=value]...' -> (name, checkpoint or None, overrides).
 
-  Values are read as int, then float, then kept as text; `checkpoint=DIR` names
+  Values are read as bool (True/true/False/false), int, float, else kept as text; `checkpoint=DIR` names
   the learned controller's directory. Example: 'gfn:num_candidates=1:condition=mmgc';
   dotted keys set nested settings: 'gfn:belief.terminal_horizon_ms=8000'.
 
@@ -185,6 +185,9 @@ def parse_policy_spec(spec: str) -> tuple[str, str | None, dict]:
                        f"got the part {part!r}")
     if key == "checkpoint":
       checkpoint = value
+      continue
+    if value in ("True", "true", "False", "false"):
+      overrides[key] = value in ("True", "true")
       continue
     for cast in (int, float):
       try:
