@@ -309,7 +309,10 @@ def test_policy_specs_set_nested_settings_and_name_bad_ones():
   assert (name, checkpoint) == ("gfn", None)
   policy, params = load_policy(name, ENV, checkpoint, **overrides)
   assert policy.num_candidates == 3 and policy.belief.terminal_horizon_ms == 8000
-  assert policy.belief.num_scenarios == 8  # untouched nested fields keep the checkpoint's
+  default, _ = load_policy("gfn", ENV)
+  # Untouched nested fields keep the checkpoint's.
+  assert policy.belief.num_scenarios == default.belief.num_scenarios
+  assert policy.candidates == default.candidates
   assert jax.tree.leaves(params)
   with pytest.raises(TypeError, match="nope"):
     load_policy("gfn", ENV, **{"nope.x": 1})

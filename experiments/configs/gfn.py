@@ -29,8 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn = ml_collections.ConfigDict()
   config.gfn.horizon = 2  # H: decisions per plan
   config.gfn.num_candidates = 10  # K plans per decision
-  config.gfn.candidates = "iid"  # iid | distinct (K different plans, without replacement)
-  config.gfn.num_scenarios = 8  # M belief scenarios
+  config.gfn.candidates = "distinct"  # distinct (K different plans, without replacement) | iid
+  config.gfn.num_scenarios = 16  # M belief scenarios
   config.gfn.hidden = (256, 256)
   config.gfn.loss = "tb"  # tb | db | subtb | fm
   config.gfn.lamda = 0.9  # SubTB lambda
@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn.prior_mbps = 1.5
   config.gfn.terminal_weight = 1.0  # continuation term beyond the plan (0 = ablation)
   config.gfn.terminal_horizon_ms = 4000
-  config.gfn.swipe_in_flight = False  # non-clairvoyant swipe in the continuation (BUILD_NOTES 6)
+  config.gfn.swipe_in_flight = True  # non-clairvoyant swipe in the continuation (BUILD_NOTES 6)
 
   config.train = ml_collections.ConfigDict()
   config.train.num_sessions = 32  # per seed, sharded over local devices
