@@ -17,7 +17,6 @@ from gfnfeeds.env.preferences import archetype_preferences
 from gfnfeeds.env.rollout import make_autoreset_rollout
 from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.base import ClairvoyantPolicy
-from gfnfeeds.policies.oracle import ClairvoyantOracle
 from gfnfeeds.policies.random_shooting import RandomShootingMPC, plan_dag
 from gfnfeeds.policies.registry import RULE_POLICIES, load_policy, make_policy
 
@@ -201,10 +200,5 @@ def test_oracle_is_never_beaten(short_sessions):
   seed_only = evaluation.run_sessions(SHORT_ENV, seed_only, params, table, seed=0,
                                       policy_params=seed_only_params)
   np.testing.assert_allclose(seed_only["score"], seeds, rtol=0, atol=1e-9)
-  rules_only = evaluation.run_sessions(
-      SHORT_ENV, ClairvoyantOracle(env=SHORT_ENV, local_search=False), params, table, seed=0)
-  rules = np.max(np.stack([scores[n] for n in ("no_save", "fixed_preload", "mpc_fixed_preload",
-                                                "pdas", "pdas_w")]), axis=0)
-  np.testing.assert_allclose(rules_only["score"], rules, rtol=0, atol=1e-9)
   with pytest.raises(ValueError, match="learned_seeds"):
     load_policy("oracle", SHORT_ENV, learned_seeds="dam,nope")
