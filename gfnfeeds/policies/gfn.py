@@ -177,7 +177,8 @@ def enumerate_plan_log_probs(dag: PlanDAG, apply_fn, params, cond, epsilon=0.0,
   for _ in range(h):  # static depth: H levels of the prefix tree
     n = log_probs.shape[0]
     features = jax.vmap(dag.featurize, in_axes=(0, None))(states, cond)
-    out = apply_fn(params, features, jnp.broadcast_to(cond_features, (n,) + cond_features.shape[1:]))
+    out = apply_fn(params, features,
+                   jnp.broadcast_to(cond_features, (n,) + cond_features.shape[1:]))
     mask = jax.vmap(dag.forward_mask, in_axes=(0, None))(states, cond)
     step_lp = exploration_log_probs(out.forward_logits, mask, epsilon, temperature)[:, :t]
     log_probs = (log_probs[:, None] + step_lp).reshape(-1)
@@ -360,7 +361,7 @@ class GFNController(Policy):
       raise ValueError(f"GFNController: candidates must be one of {CANDIDATE_MODES}, "
                        f"got {self.candidates!r}")
     if self.candidates == "distinct":
-      tokens = self.env.window * self.env.num_levels_hint + len(self.env.sleep_choices_ms)
+      tokens = self.dag.num_tokens
       if tokens ** self.horizon > MAX_ENUMERATED_PLANS:
         raise ValueError(f"GFNController: candidates='distinct' enumerates {tokens}^"
                          f"{self.horizon} plans, more than {MAX_ENUMERATED_PLANS}; use 'iid'")

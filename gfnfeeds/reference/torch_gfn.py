@@ -652,6 +652,13 @@ def forward_mask(remaining, planned, length, s: TorchGFNSettings):
   return torch.cat([tokens & open_, ~open_], dim=1)
 
 
+def exploration_probs(logits, mask, s: TorchGFNSettings):
+  """(1 - eps) softmax(logits / temperature) + eps uniform over the mask (the sampler's law)."""
+  probs = torch.softmax(logits.masked_fill(~mask, -math.inf) / s.temperature, dim=-1)
+  uniform = mask.float() / mask.sum(dim=1, keepdim=True)
+  return (1.0 - s.epsilon) * probs + s.epsilon * uniform
+
+
 def masked_log_softmax(logits, mask):
   return torch.log_softmax(logits.masked_fill(~mask, -math.inf), dim=-1)
 
@@ -693,9 +700,7 @@ class TorchReferenceTrainer:
         if t == s.horizon:
           break  # only the exit is allowed after H tokens (log P = 0)
         mask = forward_mask(remaining, planned, length, s)
-        probs = torch.softmax(logits.masked_fill(~mask, -math.inf) / s.temperature, dim=-1)
-        uniform = mask.float() / mask.sum(dim=1, keepdim=True)
-        probs = (1.0 - s.epsilon) * probs + s.epsilon * uniform
+        probs = exploration_probs(logits, mask, s)
         action = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
         tokens[:, t] = action
         length += 1
@@ -724,9 +729,7 @@ class TorchReferenceTrainer:
                           cond.repeat_interleave(p, dim=0))
         mask = forward_mask(remaining.repeat_interleave(p, dim=0), planned.reshape(b * p, -1),
                             length, s)
-        probs = torch.softmax(logits.masked_fill(~mask, -math.inf) / s.temperature, dim=-1)
-        uniform = mask.float() / mask.sum(dim=1, keepdim=True)
-        step = torch.log((1.0 - s.epsilon) * probs + s.epsilon * uniform)[:, :t]
+        step = torch.log(exploration_probs(logits, mask, s))[:, :t]
         log_p = (log_p[:, :, None] + step.reshape(b, p, t)).reshape(b, p * t)
         tokens = tokens[:, :, None].repeat(1, 1, t, 1)
         tokens[:, :, :, depth] = torch.arange(t)
