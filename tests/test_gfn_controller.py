@@ -149,11 +149,12 @@ def test_plan_scorer_reuses_the_environment_dynamics(default_data):
   truth_state = jax.tree.map(lambda x: x[0], bel.state)
   truth_state = truth_state.replace(session=truth_state.session.replace(watch_ms=watch))
   comps, _ = belief_lib.run_plan(env, truth_state, jax.tree.map(lambda x: x[0], bel.world),
-                                 plan, catalog, config)
+                                 bel.bandwidth_mbps[0], plan, catalog, config)
   # The same plan in the true environment (bandwidth 1.7 Mbps there and in the scenario).
   truth_world = jax.tree.map(lambda x: x[0], bel.world)
   truth_world = truth_world.replace(trace_mbps=jnp.full_like(truth_world.trace_mbps, 1.7))
-  comps_true_bw, _ = belief_lib.run_plan(env, truth_state, truth_world, plan, catalog, config)
+  comps_true_bw, _ = belief_lib.run_plan(env, truth_state, truth_world, 1.7, plan, catalog,
+                                         config)
   total = np.zeros(4)
   start = int(state.play_id)
   for token in np.asarray(plan):

@@ -9,20 +9,10 @@ implementation of the dynamics, reused, not re-written):
   are converted to net rates (megabits / (delay - RTT)). The harmonic mean of
   the newest `history` net rates is the centre (robust to a single fast sample,
   as in RobustMPC); the spread is the standard deviation of the log net rates
-  in the history window, clipped to [min_spread, max_spread]. Scenario m's
-  level is centre * exp(spread * z_m) with z_m the (m + 1/2)/M normal
+  in the history window, clipped to [min_spread, max_spread]. Scenario m has the
+  constant bandwidth centre * exp(spread * z_m) with z_m the (m + 1/2)/M normal
   quantile: deterministic strata, so M small still covers pessimistic and
   optimistic futures. Before any sample: `prior_mbps` and `prior_spread`.
-  With `bandwidth_persistence` rho < 1 the bandwidth also varies inside a
-  scenario: piecewise constant over `num_segments` segments of `segment_ms`
-  (the last one lasts), log rate = log centre + spread (rho z_m +
-  sqrt(1 - rho^2) e_{m,s}) with e i.i.d. standard normal, so each segment's
-  marginal spread is still the measured one. Why: the measured spread is
-  mostly short-term fluctuation, and a constant rate per scenario never shows
-  the stall that a dip causes when the buffer is low (BUILD_NOTES section 6e).
-  Sleeps and the RTT advance the scenario's clock (`wall_clock_trace`), so the
-  trace is in wall time from the decision. rho = 1: one constant rate per
-  scenario.
 * Users. Watch durations are drawn from the Catalog's retention curves, the
   playing video's conditioned on the user still watching at the current play
   position (inverse CDF of the continuous watch-time law restricted to
@@ -97,11 +87,6 @@ class BeliefConfig:
       of the harmonic-mean prediction over the newest `history` samples
       (RobustMPC's discount, which PDAS uses): pessimistic where the bandwidth is
       erratic.
-    bandwidth_persistence: rho in [0, 1], the share of the log-bandwidth spread
-      that persists over a scenario (1: one constant rate per scenario).
-    num_segments: piecewise-constant segments of a scenario's bandwidth (the
-      last one lasts); 1 with rho = 1.
-    segment_ms: length of a segment.
   """
 
   num_scenarios: int = 8
@@ -115,18 +100,6 @@ class BeliefConfig:
   terminal_horizon_ms: int = 4000
   swipe_in_flight: bool = False
   robust_discount: bool = False
-  bandwidth_persistence: float = 1.0
-  num_segments: int = 1
-  segment_ms: int = 1000
-  stall_margin_ms: float = 0.0
-
-  def __post_init__(self):
-    if not 0.0 <= self.bandwidth_persistence <= 1.0:
-      raise ValueError(f"BeliefConfig.bandwidth_persistence must be in [0, 1], got "
-                       f"{self.bandwidth_persistence}")
-    if self.num_segments < 1 or self.segment_ms < 1:
-      raise ValueError(f"BeliefConfig.num_segments and segment_ms must be >= 1, got "
-                       f"{self.num_segments} and {self.segment_ms}")
 
 
 @struct.dataclass
@@ -135,8 +108,8 @@ class Belief:
 
   Attributes:
     state: EnvState of the planning environment (window videos).
-    world: World with one piecewise-constant trace (`scenario_world`).
-    bandwidth_mbps: float64 [M, num_segments], the segments' rates.
+    world: World with one constant-bandwidth trace.
+    bandwidth_mbps: float64 [M].
   """
 
   state: EnvState
@@ -165,8 +138,8 @@ def net_rate_samples(obs: Observation, rtt_ms: float) -> tuple[jnp.ndarray, jnp.
   return rate, valid & (rate > 0)
 
 
-def _centre_and_spread(obs: Observation, config: BeliefConfig):
-  """(centre Mbps, log spread) of the bandwidth belief at `obs`."""
+def bandwidth_scenarios(obs: Observation, config: BeliefConfig) -> jnp.ndarray:
+  """float64 [M] constant bandwidths (Mbps) of the belief scenarios."""
   rate, valid = net_rate_samples(obs, config.rtt_ms)
   hist = rate.shape[-1]
   recent = valid & (jnp.arange(hist) >= hist - config.history)
@@ -181,48 +154,9 @@ def _centre_and_spread(obs: Observation, config: BeliefConfig):
   var = jnp.sum(jnp.where(valid, jnp.square(logs - mean), 0.0)) / jnp.maximum(n - 1, 1)
   spread = jnp.where(n >= 2, jnp.clip(jnp.sqrt(var), config.min_spread, config.max_spread),
                      config.prior_spread)
-  return centre, spread
-
-
-def _strata(m: int) -> jnp.ndarray:
-  return ndtri((jnp.arange(m, dtype=jnp.float64) + 0.5) / m)
-
-
-def bandwidth_scenarios(obs: Observation, config: BeliefConfig) -> jnp.ndarray:
-  """float64 [M] scenario levels centre * exp(spread * z_m) (Mbps)."""
-  centre, spread = _centre_and_spread(obs, config)
-  return centre * jnp.exp(spread * _strata(config.num_scenarios))
-
-
-def bandwidth_paths(key: jax.Array, obs: Observation, config: BeliefConfig) -> jnp.ndarray:
-  """float64 [M, num_segments]: each scenario's piecewise-constant bandwidth (Mbps).
-
-  log rate[m, s] = log centre + spread (rho z_m + sqrt(1 - rho^2) e[m, s]), e
-  standard normal from `key`; rho = 1 gives `bandwidth_scenarios` in every segment.
-  """
-  centre, spread = _centre_and_spread(obs, config)
-  rho = config.bandwidth_persistence
-  shape = (config.num_scenarios, config.num_segments)
-  e = jax.random.normal(key, shape, jnp.float64)
-  z = rho * _strata(config.num_scenarios)[:, None] + (1.0 - rho * rho) ** 0.5 * e
+  m = config.num_scenarios
+  z = ndtri((jnp.arange(m, dtype=jnp.float64) + 0.5) / m)
   return centre * jnp.exp(spread * z)
-
-
-def scenario_world(bandwidth_mbps: jnp.ndarray, config: BeliefConfig, num_videos: int) -> World:
-  """A World of one trace per scenario from rates [M, S]: row k >= 1 ends at k segments.
-
-  The transmit loop reads row k as "rate mbps[k] until time times[k]" from the cursor
-  (1, times[0] = 0): segment s is row s + 1, the last row lasts `_FOREVER_S`.
-  """
-  m, n_seg = bandwidth_mbps.shape
-  ends = jnp.arange(1, n_seg + 1, dtype=jnp.float64) * (config.segment_ms / 1000.0)
-  ends = ends.at[-1].set(_FOREVER_S)
-  times = jnp.concatenate([jnp.zeros((1,), jnp.float64), ends])
-  mbps = jnp.concatenate([bandwidth_mbps[:, :1], bandwidth_mbps], axis=1)
-  return World(trace_times=jnp.broadcast_to(times, (m, 1, n_seg + 1)),
-               trace_mbps=mbps[:, None, :],
-               trace_len=jnp.full((m, 1), n_seg + 1, jnp.int32),
-               watch_bank=jnp.full((m, 1, num_videos), -1, jnp.int32))
 
 
 def prediction_error(rate: jnp.ndarray, valid: jnp.ndarray, history: int) -> jnp.ndarray:
@@ -277,8 +211,7 @@ def build_belief(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catal
                  config: BeliefConfig) -> Belief:
   """The M belief scenarios of the decision at `obs` (reads the observation and Catalog only)."""
   m, w = config.num_scenarios, env.window
-  # The watch draws use `key` itself (as before bandwidth paths existed), the paths a fold.
-  bandwidth = bandwidth_paths(jax.random.fold_in(key, 1), obs, config)
+  bandwidth = bandwidth_scenarios(obs, config)
   valid = obs.slot_valid
   video = jnp.where(valid, obs.slot_video, 0)
   u = jax.random.uniform(key, (m, w), jnp.float64)
@@ -286,7 +219,11 @@ def build_belief(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catal
                    in_axes=(0, None, None, None))(u, catalog, video, obs.play_ms)
   watch = jnp.where(valid[None, :], watch, 0)
 
-  world = scenario_world(bandwidth, config, w)
+  times = jnp.broadcast_to(jnp.asarray([0.0, _FOREVER_S], jnp.float64), (m, 1, 2))
+  world = World(trace_times=times,
+                trace_mbps=jnp.broadcast_to(bandwidth[:, None, None], (m, 1, 2)),
+                trace_len=jnp.full((m, 1), 2, jnp.int32),
+                watch_bank=jnp.full((m, 1, w), -1, jnp.int32))
 
   zi = jnp.zeros((), jnp.int32)
   zf = jnp.zeros((), jnp.float64)
@@ -316,15 +253,13 @@ def build_belief(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catal
 
 def _scenario_params(catalog: Catalog, world: World, config: BeliefConfig) -> EnvParams:
   # The belief bandwidth is already a net rate: payload portion 1, the client's RTT.
-  # Sleeps and the RTT advance the clock: the scenario's trace is in wall time.
   return EnvParams(catalog=catalog, world=world, preferences=fixed_preferences(),
-                   rtt_ms=config.rtt_ms, payload_portion=1.0, watch_from_bank=False,
-                   wall_clock_trace=True)
+                   rtt_ms=config.rtt_ms, payload_portion=1.0, watch_from_bank=False)
 
 
-def run_plan(env: FeedsEnv, state: EnvState, world: World, plan: jnp.ndarray,
+def run_plan(env: FeedsEnv, state: EnvState, world: World, bandwidth_mbps, plan: jnp.ndarray,
              catalog: Catalog, config: BeliefConfig) -> tuple[jnp.ndarray, EnvState]:
-  """Executes one plan (int32 [H] tokens, -1 = none) in one scenario (state, world).
+  """Executes one plan (int32 [H] tokens, -1 = none) in one scenario.
 
   Returns (components float64 [4], final state): the plan's own outcome from
   the environment's step function, plus `terminal_weight` times the terminal
@@ -353,7 +288,7 @@ def run_plan(env: FeedsEnv, state: EnvState, world: World, plan: jnp.ndarray,
   final, records = jax.lax.scan(body, state, plan)
   components = jnp.stack([final.quality - state.quality, final.rebuffer_s - state.rebuffer_s,
                           final.smoothness - state.smoothness, final.megabits - state.megabits])
-  terminal = terminal_components(penv, state, final, records, catalog, world, config)
+  terminal = terminal_components(penv, state, final, records, catalog, bandwidth_mbps, config)
   return components + config.terminal_weight * terminal, final
 
 
@@ -366,31 +301,8 @@ def _window_end_ms(penv: FeedsEnv, start: EnvState, watch: jnp.ndarray, horizon_
                    horizon_ms - before)
 
 
-def fluid_fetch_ms(world: World, start_s, megabits: jnp.ndarray, active: jnp.ndarray,
-                   rtt_ms: float) -> jnp.ndarray:
-  """float64 [E]: ms from `start_s` until each fetch ends, fetching in order (fluid model).
-
-  One scenario's trace (world rows [1, S + 1], the layout of `scenario_world`) as
-  cumulative capacity: fetch e sends megabits[e] from the clock, then waits the RTT;
-  inactive entries take no time.
-  """
-  times, mbps = world.trace_times[0], world.trace_mbps[0]
-  capacity = jnp.concatenate([jnp.zeros((1,), jnp.float64),
-                              jnp.cumsum(mbps[1:] * jnp.diff(times))])  # megabits by times[k]
-
-  def fetch(t, entry):
-    mb, on = entry
-    done = jnp.interp(jnp.interp(t, times, capacity) + mb, capacity, times) + rtt_ms / 1000.0
-    t = jnp.where(on, done, t)
-    return t, t
-
-  _, ends = jax.lax.scan(fetch, jnp.asarray(start_s, jnp.float64), (megabits, active),
-                         unroll=True)
-  return (ends - start_s) * 1000.0
-
-
 def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, records, catalog: Catalog,
-                        world: World, config: BeliefConfig) -> jnp.ndarray:
+                        bandwidth_mbps, config: BeliefConfig) -> jnp.ndarray:
   """float64 [4]: what a plan leaves to the future, as outcome components.
 
   The window is the next `terminal_horizon_ms` of PLAYBACK from the decision in
@@ -400,8 +312,7 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
       none), from the plan's end. Fluid model: a chunk costs size / bandwidth +
       RTT and is needed once the playback ahead of it has played out; the stall
       is the largest lateness. Their quality and megabits are counted too, so a
-      plan that defers the playing video's chunks still pays for them. The
-      bandwidth is the scenario's own trace from the plan's end (`fluid_fetch_ms`).
+      plan that defers the playing video's chunks still pays for them.
     * Deferral credit: a chunk the plan fetched OUTSIDE the window could equally
       be fetched later, just in time, and only if the user gets there; so its
       quality and, if watched, its megabits are taken back (at the fetched
@@ -447,6 +358,7 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
   end = jnp.minimum(window_end[idc], watch[idc])
   needed = (ok[:, None] & (j < catalog.num_chunks[vid][:, None]) &
             (j * CHUNK_MS < end[:, None]))
+  fetch = jnp.where(needed, mb / bandwidth_mbps * 1000.0 + config.rtt_ms, 0.0)
   # The continuation does not know when the user swipes: it keeps fetching the
   # playing video, so when the swipe falls in the window the chunk after the
   # last watched one is in flight (if not fetched yet): wasted megabits, and time
@@ -458,13 +370,9 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
             (c[0] <= in_flight) & (in_flight < catalog.num_chunks[vid[0]]))
   wasted_mb = jnp.where(wasted, catalog.chunk_sizes[
       vid[0], jnp.minimum(in_flight, catalog.max_chunks - 1), lvl[0]] * 8.0 / 1e6, 0.0)
-  # Fetch order: the playing video's chunks, the wasted one in flight, the next video's.
-  order_mb = jnp.concatenate([mb[0], wasted_mb[None], mb[1]])
-  order_on = jnp.concatenate([needed[0], wasted[None], needed[1]])
-  order_due = jnp.concatenate([due[0], jnp.zeros((1,)), due[1]])
-  order_needed = jnp.concatenate([needed[0], jnp.zeros((1,), bool), needed[1]])
-  clock = fluid_fetch_ms(world, state.last_t, order_mb, order_on, config.rtt_ms)
-  lateness = jnp.where(order_needed, clock - order_due + config.stall_margin_ms, 0.0)
+  wasted_ms = jnp.where(wasted, wasted_mb / bandwidth_mbps * 1000.0 + config.rtt_ms, 0.0)
+  fetch = fetch.at[1, 0].add(wasted_ms).reshape(-1)  # before the next video's chunks
+  lateness = jnp.where(needed.reshape(-1), jnp.cumsum(fetch) - due.reshape(-1), 0.0)
   stall_s = jnp.maximum(jnp.max(lateness), 0.0) / 1000.0
   credited = needed & (j * CHUNK_MS < credited_end[idc][:, None])
   quality = jnp.sum(jnp.where(credited, (catalog.bitrates_kbps[lvl] / 1000.0)[:, None], 0.0))
@@ -476,8 +384,8 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
 def score_plans(env: FeedsEnv, belief: Belief, plans: jnp.ndarray, catalog: Catalog,
                 config: BeliefConfig) -> jnp.ndarray:
   """float64 [K, 4]: mean outcome components of each plan (int32 [K, H]) over the scenarios."""
-  def per_scenario(state, world):
-    return jax.vmap(lambda p: run_plan(env, state, world, p, catalog, config)[0])(plans)
+  def per_scenario(state, world, bw):
+    return jax.vmap(lambda p: run_plan(env, state, world, bw, p, catalog, config)[0])(plans)
 
-  comps = jax.vmap(per_scenario)(belief.state, belief.world)  # [M, K, 4]
+  comps = jax.vmap(per_scenario)(belief.state, belief.world, belief.bandwidth_mbps)  # [M, K, 4]
   return jnp.mean(comps, axis=0)

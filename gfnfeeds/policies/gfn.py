@@ -195,14 +195,10 @@ def sample_distinct_plans(key: jax.Array, log_probs: jax.Array, plans: jax.Array
 
   Where fewer than `num` plans are allowed, the remaining rows repeat the first draw.
   """
-  return plans[sample_distinct_indices(key, log_probs, num)]
-
-
-def sample_distinct_indices(key: jax.Array, log_probs: jax.Array, num: int) -> jax.Array:
-  """int32 [num]: indices into `log_probs` drawn without replacement (see `sample_distinct_plans`)."""
   perturbed = log_probs + jax.random.gumbel(key, log_probs.shape, F32)
   values, index = jax.lax.top_k(perturbed, num)
-  return jnp.where(jnp.isfinite(values), index, index[0])
+  index = jnp.where(jnp.isfinite(values), index, index[0])
+  return plans[index]
 
 
 # ----------------------------------------------------------------- features
@@ -355,7 +351,6 @@ class GFNController(Policy):
   epsilon: float = 0.0
   temperature: float = 1.0
   candidates: str = "iid"
-  prior_weight: float = 0.0
   network_params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
   def __post_init__(self):
@@ -402,16 +397,15 @@ class GFNController(Policy):
     return jnp.asarray(obs.weights, jnp.float64)
 
   def candidate_plans(self, key: jax.Array, params, obs_features, weights,
-                      remaining) -> tuple[jax.Array, jax.Array]:
-    """(int32 [K, H] plans, float32 [K] their log P_F): the K candidates of one decision."""
+                      remaining) -> jax.Array:
+    """int32 [K, H]: the K candidate plans of one decision (`candidates` mode)."""
     if self.candidates == "distinct":
       cond = plan_cond(obs_features, weights, remaining)
       log_probs, plans = enumerate_plan_log_probs(self.dag, self.model.apply, params, cond,
                                                   self.epsilon, self.temperature)
-      index = sample_distinct_indices(key, log_probs, self.num_candidates)
-      return plans[index], log_probs[index]
+      return sample_distinct_plans(key, log_probs, plans, self.num_candidates)
     traj = self.sample_plans(key, params, obs_features, weights, remaining)
-    return traj.actions[:, :self.horizon], jnp.sum(traj.log_pf, axis=-1)
+    return traj.actions[:, :self.horizon]
 
   def sample_plans(self, key: jax.Array, params, obs_features, weights, remaining,
                    num: Optional[int] = None) -> Trajectories:
@@ -429,7 +423,7 @@ class GFNController(Policy):
     weights = self.selection_weights(obs) if weights is None else weights
     feats = observation_features(obs, catalog, self.belief)
     remaining = remaining_chunks(obs)
-    plans, log_pf = self.candidate_plans(k_plan, params, feats, weights, remaining)
+    plans = self.candidate_plans(k_plan, params, feats, weights, remaining)
     if self.num_candidates == 1:
       components = jnp.zeros((1, belief_lib.NUM_COMPONENTS), jnp.float64)
       utilities = jnp.zeros((1,), jnp.float64)
@@ -437,8 +431,6 @@ class GFNController(Policy):
     else:
       components, utilities, best = select_plan(k_belief, self.env, obs, catalog, plans,
                                                 weights, self.belief)
-      if self.prior_weight:
-        best = jnp.argmax(utilities + self.prior_weight * log_pf).astype(jnp.int32)
     return Decision(action_index=plans[best, 0], plans=plans, components=components,
                     utilities=utilities, best=best, obs_features=feats, remaining=remaining,
                     weights=weights)
