@@ -123,3 +123,21 @@ def test_bad_checkpoint_and_training_settings_fail_clearly(tmp_path):
   config.data.network = str(tmp_path / "missing")
   with pytest.raises(Exception, match="missing"):
     load_training_data(config)
+
+
+def test_every_belief_setting_is_a_config_field():
+  """`config.gfn.<field>` reaches BeliefConfig for every field; an older config keeps defaults."""
+  import dataclasses
+
+  from gfnfeeds.planning.belief import BeliefConfig
+  config = gfn_config.get_config()
+  assert {f.name for f in dataclasses.fields(BeliefConfig)} <= set(config.gfn.keys())
+  config.gfn.robust_discount = True
+  config.gfn.history = 7
+  config.gfn.min_spread = 0.3
+  belief = gfn_algorithm.controller_from_config(config, FeedsEnv()).belief
+  assert (belief.robust_discount, belief.history, belief.min_spread) == (True, 7, 0.3)
+  del config.gfn["robust_discount"]
+  del config.gfn["min_spread"]
+  belief = gfn_algorithm.controller_from_config(config, FeedsEnv()).belief
+  assert belief.robust_discount is False and belief.min_spread == BeliefConfig().min_spread

@@ -41,6 +41,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn.terminal_weight = 1.0  # continuation term beyond the plan (0 = ablation)
   config.gfn.terminal_horizon_ms = 4000
   config.gfn.swipe_in_flight = True  # non-clairvoyant swipe in the continuation (BUILD_NOTES 6)
+  # The rest of the belief model (gfnfeeds.planning.belief.BeliefConfig, same names).
+  config.gfn.history = 5  # net-rate samples in the bandwidth centre
+  config.gfn.prior_spread = 0.5
+  config.gfn.min_spread = 0.1
+  config.gfn.max_spread = 1.0
+  config.gfn.rtt_ms = 80.0
+  config.gfn.robust_discount = False  # RobustMPC's discount of the bandwidth centre
 
   config.train = ml_collections.ConfigDict()
   config.train.num_sessions = 32  # per seed, sharded over local devices

@@ -24,10 +24,10 @@ from gfnfeeds.training.loop import Algorithm, TrainingData
 def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> GFNController:
   """The GFNController that `config.gfn` describes, acting in `env`."""
   g = config.gfn
-  belief = BeliefConfig(num_scenarios=int(g.num_scenarios), prior_mbps=float(g.prior_mbps),
-                        terminal_weight=float(g.terminal_weight),
-                        terminal_horizon_ms=int(g.terminal_horizon_ms),
-                        swipe_in_flight=bool(g.get("swipe_in_flight", False)))
+  # Every BeliefConfig field is a `config.gfn` field of the same name; a config
+  # without one (e.g. an older run's config.json) keeps the BeliefConfig default.
+  belief = BeliefConfig(**{f.name: type(f.default)(g[f.name])
+                           for f in dataclasses.fields(BeliefConfig) if f.name in g})
   return GFNController(env=env, horizon=int(g.horizon), num_candidates=int(g.num_candidates),
                        belief=belief, hidden=tuple(int(h) for h in g.hidden),
                        flow_head=g.loss != "tb", epsilon=float(g.epsilon),
