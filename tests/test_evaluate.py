@@ -134,6 +134,15 @@ def test_program_end_to_end_pairs_sessions(tmp_path):
   assert result["score_difference_vs_reference"]["fixed_preload"] == [0.0, 0.0]
 
 
+def test_compare_rejects_unknown_columns_before_running():
+  out = subprocess.run([sys.executable, "-m", "experiments.compare", "--policies=pdas",
+                        "--columns=score,steps", "--network=default:low", "--sessions=2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert "--columns" in out.stderr and "steps" in out.stderr and "rebuffer_s" in out.stderr
+  assert "sessions=" not in out.stdout  # failed before building the sessions
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--policy=nope"], "nope"),
     (["--users=sampled:x"], "--users"),
