@@ -43,11 +43,12 @@ def main(argv):
   from gfnfeeds.policies.registry import load_policy, parse_policy_spec
   if FLAGS.reference and FLAGS.reference not in FLAGS.policies:
     common.fail("compare", f"--reference={FLAGS.reference} is not in --policies")
-  unknown = [c for c in FLAGS.columns if c not in evaluation.SUMMARY_METRICS]
-  if unknown:  # before any session runs, not after the whole evaluation
-    common.fail("compare", f"--columns: unknown metric(s) {unknown}; choose from "
-                           f"{', '.join(evaluation.SUMMARY_METRICS)}")
   setup = common.build_setup("compare")
+  known = evaluation.metric_names(setup.env, setup.params)
+  unknown = [c for c in FLAGS.columns if c not in known]
+  if unknown:  # before any session runs, not after the whole evaluation
+    common.fail("compare",
+                f"--columns: unknown metric(s) {unknown}; choose from {', '.join(known)}")
   try:
     policies = {}
     for spec in FLAGS.policies:

@@ -18,7 +18,7 @@ import numpy as np
 from gfnfeeds.data import users as users_io
 from gfnfeeds.data.packing import Catalog
 from gfnfeeds.data.types import Video
-from gfnfeeds.env.feeds import EnvParams, FeedsEnv, Session, sample_watch_ms
+from gfnfeeds.env.feeds import EnvParams, FeedsEnv, Session, sample_watch_ms, session_metrics
 from gfnfeeds.env.preferences import MMGC_WEIGHTS, PreferenceSampler
 from gfnfeeds.env.rollout import make_session_evaluator, session_mesh, shard_sessions
 
@@ -167,6 +167,15 @@ def mean_ci(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
   if x.size < 2:
     return float(x.mean()) if x.size else math.nan, math.nan
   return float(x.mean()), float(z * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def metric_names(env: FeedsEnv, params: EnvParams) -> tuple[str, ...]:
+  """Names of the per-session metrics `run_sessions` returns, by shape evaluation (runs nothing):
+  `session_metrics` plus the evaluator's "completed"."""
+  def final_metrics():
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    return session_metrics(state, params, env.window)
+  return tuple(jax.eval_shape(final_metrics)) + ("completed",)
 
 
 def summarize(metrics: dict[str, np.ndarray], names: Sequence[str] = SUMMARY_METRICS

@@ -50,6 +50,7 @@ def test_reference_quirks_scores_match_original(mmgc_videos, policy, network, tr
                                     [len(t) for t in traces], "mmgc_default", "mmgc",
                                     fixed_preferences(), seed=0)
   metrics = evaluation.run_sessions(env, make_policy(policy, env), params, table, seed=0)
+  assert set(metrics) == set(evaluation.metric_names(env, params))  # what --columns accepts
   i = table.trace_names.index(trace)
   assert abs(metrics["score"][i] - expected) < 1e-4
   assert metrics["completed"].all() and (metrics["invalid_actions"] == 0).all()
@@ -140,7 +141,8 @@ def test_compare_rejects_unknown_columns_before_running():
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert "--columns" in out.stderr and "steps" in out.stderr and "rebuffer_s" in out.stderr
-  assert "sessions=" not in out.stdout  # failed before building the sessions
+  assert "sessions=" not in out.stdout  # failed before any session ran
+  assert "megabits" in out.stderr  # every per-session metric is offered, not only the summary's
 
 
 @pytest.mark.parametrize("args,needle", [

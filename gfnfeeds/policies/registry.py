@@ -170,8 +170,9 @@ def parse_policy_spec(spec: str) -> tuple[str, str | None, dict]:
   """'name[:key=value]...' -> (name, checkpoint or None, overrides).
 
   Values are read as bool (True/true/False/false), int, float, else kept as text;
-  `checkpoint=DIR` names the learned controller's directory. Example: 'gfn:num_candidates=1:condition=mmgc';
-  dotted keys set nested settings: 'gfn:belief.terminal_horizon_ms=8000'.
+  `checkpoint=DIR` names the learned controller's directory. Examples:
+  'gfn:num_candidates=1:condition=mmgc'; dotted keys set nested settings:
+  'gfn:belief.terminal_horizon_ms=8000'.
 
   Raises:
     ValueError: a part without '='.
