@@ -9,6 +9,7 @@ import platform
 import sys
 
 import jax
+import numpy as np
 
 from absl import flags
 
@@ -123,8 +124,13 @@ def load_policy_from_flags(program: str, name: str, env: FeedsEnv):
     fail(program, str(e))
 
 
-def run_policy(setup: Setup, policy, policy_params=()) -> dict:
-  """Runs one policy over the setup's sessions, with a progress bar on long runs."""
+def run_policy(setup: Setup, policy, policy_params=(), label: str = "") -> dict:
+  """Runs one policy over the setup's sessions, with a progress bar on long runs.
+
+  Warns (naming `label`) when sessions hit --max_steps: a controller that never
+  finishes some sessions (e.g. it keeps sleeping) makes its whole batch run to the
+  limit, many times longer than usual, and its scores cover truncated sessions.
+  """
   bar = None
   if FLAGS.progress and len(setup.table) > FLAGS.batch_size:
     from tqdm import tqdm
@@ -135,4 +141,8 @@ def run_policy(setup: Setup, policy, policy_params=()) -> dict:
                                     policy_params=policy_params)
   if bar:
     bar.close()
+  incomplete = int(np.sum(~np.asarray(metrics["completed"])))
+  if incomplete:
+    print(f"  warning: {label + ': ' if label else ''}{incomplete} of {len(setup.table)} sessions "
+          f"hit --max_steps={FLAGS.max_steps} before ending", flush=True)
   return metrics

@@ -63,7 +63,7 @@ def main(argv):
   results, seconds = {}, {}
   for name, (policy, policy_params) in policies.items():
     t0 = time.perf_counter()
-    results[name] = common.run_policy(setup, policy, policy_params)
+    results[name] = common.run_policy(setup, policy, policy_params, labels[name])
     seconds[name] = time.perf_counter() - t0
     print(f"  {labels[name]}: {seconds[name]:.1f}s", flush=True)
   summaries = {n: evaluation.summarize(m, FLAGS.columns) for n, m in results.items()}

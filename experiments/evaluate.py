@@ -52,13 +52,10 @@ def main(argv):
   print(f"policy={label} traces={setup.num_traces} videos={setup.num_videos} "
         f"users={FLAGS.users} preferences={FLAGS.preferences} sessions={len(table)}", flush=True)
   t0 = time.perf_counter()
-  metrics = common.run_policy(setup, policy, policy_params)
+  metrics = common.run_policy(setup, policy, policy_params, label)
   elapsed = time.perf_counter() - t0
   summary = evaluation.summarize(metrics)
   print(evaluation.format_summary(f"{label} on {FLAGS.network}", summary, len(table)))
-  incomplete = int(np.sum(~metrics["completed"]))
-  if incomplete:
-    print(f"  warning: {incomplete} sessions hit --max_steps={FLAGS.max_steps} before ending")
   print(f"  wall time {elapsed:.1f}s (compilation included)")
   if FLAGS.output_csv:
     w = np.asarray(table.sessions.weights)

@@ -29,7 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn = ml_collections.ConfigDict()
   config.gfn.horizon = 2  # H: decisions per plan
   config.gfn.num_candidates = 10  # K plans per decision
-  config.gfn.candidates = "distinct"  # distinct (K different plans, without replacement) | iid
+  # distinct: K different plans, without replacement (exact, by enumerating all T^H plans);
+  # distinct_beam: the same distribution by stochastic beam search (cheap for any H); iid
+  config.gfn.candidates = "distinct"
   config.gfn.num_scenarios = 16  # M belief scenarios
   config.gfn.hidden = (256, 256)
   config.gfn.loss = "tb"  # tb | db | subtb | fm

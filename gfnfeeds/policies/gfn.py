@@ -36,14 +36,14 @@ from gfnfeeds.data.packing import Catalog
 from gfnfeeds.env.feeds import CHUNK_MS, FeedsEnv, Observation
 from gfnfeeds.env.preferences import MMGC_WEIGHTS, WEIGHT_HIGH
 from gfnfeeds.gfn.dag import DAGEnv
-from gfnfeeds.gfn.networks import MLPPolicy
+from gfnfeeds.gfn.networks import MLPPolicy, PolicyOutput
 from gfnfeeds.gfn.sampling import Trajectories, exploration_log_probs, sample_trajectories
 from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.base import Policy
 
 F32 = jnp.float32
 CONDITIONS = ("user", "mmgc")
-CANDIDATE_MODES = ("iid", "distinct")
+CANDIDATE_MODES = ("iid", "distinct", "distinct_beam")
 MAX_ENUMERATED_PLANS = 4096  # num_tokens ** horizon above this: "distinct" is refused
 
 
@@ -150,6 +150,17 @@ class PlanDAG(DAGEnv):
     return state.tokens[jnp.maximum(state.length - 1, 0)]
 
 
+def _token_log_probs(dag: PlanDAG, apply_fn, params, states, cond, epsilon,
+                     temperature) -> jax.Array:
+  """float32 [n, T]: the exploring sampler's next-token log-probs at n plan prefixes `states`."""
+  cond_features = dag.cond_features(cond)[None]
+  n = jax.tree.leaves(states)[0].shape[0]
+  features = jax.vmap(dag.featurize, in_axes=(0, None))(states, cond)
+  out = apply_fn(params, features, jnp.broadcast_to(cond_features, (n,) + cond_features.shape[1:]))
+  mask = jax.vmap(dag.forward_mask, in_axes=(0, None))(states, cond)
+  return exploration_log_probs(out.forward_logits, mask, epsilon, temperature)[:, :dag.num_tokens]
+
+
 def enumerate_plan_log_probs(dag: PlanDAG, apply_fn, params, cond, epsilon=0.0,
                              temperature=1.0) -> tuple[jax.Array, jax.Array]:
   """The exact distribution of the sampler over all num_tokens ** horizon plans of one decision.
@@ -170,17 +181,12 @@ def enumerate_plan_log_probs(dag: PlanDAG, apply_fn, params, cond, epsilon=0.0,
      plans int32 [T^H, H], plan i = the base-T digits of i, first token most significant).
   """
   t, h = dag.num_tokens, dag.horizon
-  cond_features = dag.cond_features(cond)[None]
   states = jax.tree.map(lambda x: x[None], dag.init(cond))
   log_probs = jnp.zeros((1,), F32)
   tokens = jnp.arange(t, dtype=jnp.int32)
   for _ in range(h):  # static depth: H levels of the prefix tree
     n = log_probs.shape[0]
-    features = jax.vmap(dag.featurize, in_axes=(0, None))(states, cond)
-    out = apply_fn(params, features,
-                   jnp.broadcast_to(cond_features, (n,) + cond_features.shape[1:]))
-    mask = jax.vmap(dag.forward_mask, in_axes=(0, None))(states, cond)
-    step_lp = exploration_log_probs(out.forward_logits, mask, epsilon, temperature)[:, :t]
+    step_lp = _token_log_probs(dag, apply_fn, params, states, cond, epsilon, temperature)
     log_probs = (log_probs[:, None] + step_lp).reshape(-1)
     states = jax.vmap(lambda s: jax.vmap(lambda a: dag.step(s, a, cond))(tokens))(states)
     states = jax.tree.map(lambda x: x.reshape((n * t,) + x.shape[2:]), states)
@@ -199,6 +205,110 @@ def sample_distinct_plans(key: jax.Array, log_probs: jax.Array, plans: jax.Array
   values, index = jax.lax.top_k(perturbed, num)
   index = jnp.where(jnp.isfinite(values), index, index[0])
   return plans[index]
+
+
+def prefix_tree_policy_fn(apply_fn, horizon: int, group_size: int, final_rows: bool):
+  """`apply_fn` for `replay_trajectories` on groups of plans that share their root.
+
+  The training replay teacher-forces B = G x `group_size` plans of H tokens plus the
+  exit (T = H + 1 steps), where each consecutive group of `group_size` plans has
+  the same conditioning (one decision, one w), hence the same state s_0. Of the
+  B x T states the replay asks for, the network needs
+    - s_0 once per group (all `group_size` copies are the same row);
+    - s_1 .. s_{H-1} of every plan;
+    - s_H (only the exit is allowed there, so log P_F(exit) = 0 whatever the logits)
+      only when `final_rows`, i.e. when a loss reads log F(s_H) (DB, SubTB, FM).
+  The returned function runs those rows (G (1 + group_size (H - 1)) for TB: 11
+  per group instead of 30 for H = 2, K = 10) and lays the outputs out as B x T
+  rows, zeros for the skipped s_H rows; losses and their gradients are the same
+  as with `apply_fn` on every row, up to float rounding.
+  """
+  steps = horizon + 1
+
+  def policy_fn(params, features, cond_features):
+    rows = features.shape[0]
+    groups = rows // (group_size * steps)
+    if groups * group_size * steps != rows:
+      raise ValueError(f"prefix_tree_policy_fn: {rows} rows are not groups of {group_size} "
+                       f"plans x {steps} steps")
+    feats = features.reshape(groups, group_size, steps, -1)
+    conds = cond_features.reshape(groups, group_size, steps, -1)
+    last = steps if final_rows else horizon
+    inner_f = feats[:, :, 1:last].reshape(-1, feats.shape[-1])
+    inner_c = conds[:, :, 1:last].reshape(-1, conds.shape[-1])
+    out = apply_fn(params, jnp.concatenate([feats[:, 0, 0], inner_f]),
+                   jnp.concatenate([conds[:, 0, 0], inner_c]))
+
+    def layout(x):  # [G + G * group_size * (last - 1), ...] -> [rows, ...]
+      if x is None:
+        return None
+      root = jnp.broadcast_to(x[:groups, None, None], (groups, group_size, 1) + x.shape[1:])
+      inner = x[groups:].reshape((groups, group_size, last - 1) + x.shape[1:])
+      skipped = jnp.zeros((groups, group_size, steps - last) + x.shape[1:], x.dtype)
+      return jnp.concatenate([root, inner, skipped], axis=2).reshape((rows,) + x.shape[1:])
+
+    return PolicyOutput(forward_logits=layout(out.forward_logits),
+                        backward_logits=layout(out.backward_logits),
+                        log_flow=layout(out.log_flow))
+
+  return policy_fn
+
+
+def _truncated_gumbel(perturbed: jax.Array, top: jax.Array) -> jax.Array:
+  """Gumbels `perturbed` [..., T] shifted so that their maximum is `top` [...] (-inf stays).
+
+  -log(exp(-top) - exp(-max) + exp(-g)) in the stable form of Kool et al. (2019),
+  appendix B: v = top - g + log(1 - exp(g - max)), result top - max(v, 0) -
+  log1p(exp(-|v|)).
+  """
+  z = jnp.max(perturbed, axis=-1, keepdims=True)
+  top = top[..., None]
+  finite = jnp.isfinite(perturbed) & jnp.isfinite(top)
+  g = jnp.where(finite, perturbed, 0.0)
+  gap = jnp.where(finite, g - z, -1.0)  # <= 0; the maximum itself maps to top exactly
+  log1mexp = jnp.where(gap > -0.693, jnp.log(-jnp.expm1(gap)), jnp.log1p(-jnp.exp(gap)))
+  v = top - g + jnp.where(gap == 0.0, -jnp.inf, log1mexp)
+  shifted = top - jnp.maximum(v, 0.0) - jnp.log1p(jnp.exp(-jnp.abs(v)))
+  return jnp.where(finite, jnp.where(gap == 0.0, top, shifted), -jnp.inf)
+
+
+def sample_distinct_plans_beam(key: jax.Array, dag: PlanDAG, apply_fn, params, cond, num: int,
+                               epsilon=0.0, temperature=1.0) -> jax.Array:
+  """`num` plans drawn WITHOUT replacement from the sampler (stochastic beam search), [num, H].
+
+  The same distribution as `enumerate_plan_log_probs` + `sample_distinct_plans`
+  (exactly: Gumbel-top-k of the plans' perturbed log-probabilities), but the
+  perturbations are drawn top-down on the prefix tree (Kool, van Hoof and Welling,
+  2019): a child's Gumbel is conditioned on its parent's being the maximum of its
+  subtree, so only the `num` best prefixes of each depth can hold a selected plan
+  and only they are expanded. The network runs on 1 + num (H - 1) rows (21 for
+  H = 3, K = 10) instead of the 1 + T + ... + T^(H-1) of the enumeration (273), so
+  any horizon is affordable. Plans come out in decreasing perturbed value; where
+  fewer than `num` plans are allowed, the remaining rows repeat the first draw.
+  """
+  t, h = dag.num_tokens, dag.horizon
+  states = jax.tree.map(lambda x: x[None], dag.init(cond))
+  log_probs = jnp.zeros((1,), F32)
+  top = jax.random.gumbel(jax.random.fold_in(key, h), (1,), F32)  # the root: max of all plans
+  for depth in range(h):  # static: H levels of the prefix tree, beam <= num
+    n = log_probs.shape[0]
+    step_lp = _token_log_probs(dag, apply_fn, params, states, cond, epsilon, temperature)
+    child_lp = jnp.where(jnp.isfinite(log_probs)[:, None], log_probs[:, None] + step_lp,
+                         -jnp.inf)  # [n, T]
+    perturbed = child_lp + jax.random.gumbel(jax.random.fold_in(key, depth), (n, t), F32)
+    child_top = _truncated_gumbel(jnp.where(jnp.isfinite(child_lp), perturbed, -jnp.inf), top)
+    width = min(num, n * t)
+    top, index = jax.lax.top_k(child_top.reshape(-1), width)
+    parent, token = index // t, (index % t).astype(jnp.int32)
+    log_probs = jnp.where(jnp.isfinite(top), child_lp.reshape(-1)[index], -jnp.inf)
+    parents = jax.tree.map(lambda x: x[parent], states)
+    states = jax.vmap(lambda s, a: dag.step(s, a, cond))(parents, token)
+  plans = states.tokens
+  first = jnp.where(jnp.isfinite(top), jnp.arange(plans.shape[0]), 0)
+  plans = plans[first]
+  if plans.shape[0] < num:  # fewer plans exist than num: repeat the first draw
+    plans = jnp.concatenate([plans, jnp.broadcast_to(plans[:1], (num - plans.shape[0], h))])
+  return plans
 
 
 # ----------------------------------------------------------------- features
@@ -337,7 +447,10 @@ class GFNController(Policy):
     epsilon, temperature: exploration of the plan sampler (0 and 1 when serving).
     candidates: "iid" (K independent ancestral samples) or "distinct" (K different
       plans drawn without replacement from the same distribution, computed exactly
-      over all plans by `enumerate_plan_log_probs`; K = 1 is then an exact sample).
+      over all plans by `enumerate_plan_log_probs`; K = 1 is then an exact sample) or
+      "distinct_beam" (the same distribution drawn by stochastic beam search,
+      `sample_distinct_plans_beam`: 1 + K (H - 1) network rows, any horizon; its
+      random draws differ from "distinct"'s for the same key).
     network_params: the Flax parameters (bound with `bind`; not part of the hash).
   """
 
@@ -404,6 +517,10 @@ class GFNController(Policy):
       log_probs, plans = enumerate_plan_log_probs(self.dag, self.model.apply, params, cond,
                                                   self.epsilon, self.temperature)
       return sample_distinct_plans(key, log_probs, plans, self.num_candidates)
+    if self.candidates == "distinct_beam":
+      cond = plan_cond(obs_features, weights, remaining)
+      return sample_distinct_plans_beam(key, self.dag, self.model.apply, params, cond,
+                                        self.num_candidates, self.epsilon, self.temperature)
     traj = self.sample_plans(key, params, obs_features, weights, remaining)
     return traj.actions[:, :self.horizon]
 

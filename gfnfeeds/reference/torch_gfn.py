@@ -143,6 +143,9 @@ class TorchGFNSettings:
     c, env, b = settings.controller, settings.controller.env, settings.controller.belief
     if c.condition != "user":
       raise ValueError("the torch reference conditions on the user's weights only")
+    if c.candidates not in ("iid", "distinct"):
+      raise ValueError(f"the torch reference draws 'iid' or 'distinct' candidates, not "
+                       f"{c.candidates!r}")
     return cls(window=env.window, levels=env.num_levels_hint,
                sleep_choices_ms=tuple(env.sleep_choices_ms), num_videos=env.num_videos,
                history_len=env.history_len, max_steps=env.max_steps, horizon=c.horizon,

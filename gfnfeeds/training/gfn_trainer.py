@@ -37,7 +37,7 @@ from gfnfeeds.gfn.networks import MLPPolicy
 from gfnfeeds.gfn.replay import replay_trajectories
 from gfnfeeds.gfn.train import LOSSES, make_optimizer
 from gfnfeeds.planning import belief as belief_lib
-from gfnfeeds.policies.gfn import GFNController, plan_cond
+from gfnfeeds.policies.gfn import GFNController, plan_cond, prefix_tree_policy_fn
 
 F32 = jnp.float32
 
@@ -113,10 +113,14 @@ def init_train_state(key: jax.Array, settings: GFNTrainSettings,
 def _loss(settings: GFNTrainSettings, params, cond, actions, log_rewards):
   ctrl = settings.controller
   model = ctrl.model
-  traj = replay_trajectories(ctrl.dag, model.apply, params, cond, actions, log_rewards)
+  k = ctrl.num_candidates
+  # Plans of one decision and one w share s_0: the network runs it once (and skips
+  # the exit-only s_H unless the loss reads its flow); the same loss, fewer rows.
+  policy_fn = prefix_tree_policy_fn(model.apply, ctrl.horizon, k, settings.loss != "tb")
+  traj = replay_trajectories(ctrl.dag, policy_fn, params, cond, actions, log_rewards)
   if settings.loss == "tb":
-    log_z = model.apply(params, traj.cond_features, method=MLPPolicy.log_z)
-    return losses.trajectory_balance(traj, log_z)
+    log_z = model.apply(params, traj.cond_features[::k], method=MLPPolicy.log_z)
+    return losses.trajectory_balance(traj, jnp.repeat(log_z, k))
   if settings.loss == "db":
     return losses.detailed_balance(traj)
   if settings.loss == "subtb":
@@ -172,6 +176,7 @@ def make_update(settings: GFNTrainSettings) -> Callable:
     log_rewards = (belief_lib.utility(data["components"][:, None, :, :], weights[:, :, None, :])
                    / settings.reward_temperature).astype(F32)  # [N, 1+R, K]
 
+    # K innermost: each run of K rows is one (decision, w), as prefix_tree_policy_fn needs.
     def expand(x):  # [N, ...] -> [N * (1+R) * K, ...]
       x = jnp.broadcast_to(x[:, None, None], (n, groups, k) + x.shape[1:])
       return x.reshape((-1,) + x.shape[3:])
