@@ -43,11 +43,14 @@ def small_controller(**kw) -> GFNController:
   return GFNController(**base)
 
 
+_step = jax.jit(ENV.step)
+
+
 def advance(params, key, steps=5):
   """An observation a few decisions into a session (download the playing video at level 1)."""
   obs, state = ENV.reset(key, params)
   for _ in range(steps):
-    obs, state, *_ = ENV.step(key, state, jnp.asarray(1), params)
+    obs, state, *_ = _step(key, state, jnp.asarray(1), params)
   return obs, state
 
 
@@ -283,9 +286,10 @@ def test_beam_distinct_plans_have_the_enumerated_distribution(default_data):
   ctrl = small_controller(num_candidates=4)
   # Sharper than at initialisation, so the draws without replacement matter.
   p = jax.tree.map(lambda x: 3.0 * x, ctrl.init_params(jax.random.PRNGKey(1)))
-  cond = plan_cond(observation_features(obs, catalog, ctrl.belief), obs.weights,
-                   jnp.asarray([1, 0, 2, 5, 0], jnp.int32))
-  lp, plans = enumerate_plan_log_probs(ctrl.dag, ctrl.model.apply, p, cond, 0.05)
+  cond = jax.jit(lambda o: plan_cond(observation_features(o, catalog, ctrl.belief), o.weights,
+                                     jnp.asarray([1, 0, 2, 5, 0], jnp.int32)))(obs)
+  lp, plans = jax.jit(lambda p, c: enumerate_plan_log_probs(ctrl.dag, ctrl.model.apply, p, c,
+                                                            0.05))(p, cond)
   t, n = ctrl.dag.num_tokens, 20_000
   keys = jax.random.split(jax.random.PRNGKey(0), n)
   beam = np.asarray(jax.jit(jax.vmap(lambda k: sample_distinct_plans_beam(
@@ -302,8 +306,8 @@ def test_beam_distinct_plans_have_the_enumerated_distribution(default_data):
   assert np.abs(inclusion_b - inclusion_e).max() < 0.02
   # Only one plan allowed (sleep, sleep): every row is it.
   only_sleep = plan_cond(cond["features"][:-4], obs.weights, jnp.zeros((5,), jnp.int32))
-  drawn = np.asarray(sample_distinct_plans_beam(jax.random.PRNGKey(9), ctrl.dag,
-                                                ctrl.model.apply, p, only_sleep, 4))
+  drawn = np.asarray(jax.jit(lambda c: sample_distinct_plans_beam(
+      jax.random.PRNGKey(9), ctrl.dag, ctrl.model.apply, p, c, 4))(only_sleep))
   assert (drawn == 15).all()
   # Any horizon (the enumeration refuses H = 4): K distinct plans, first token acts.
   deep = small_controller(horizon=4, num_candidates=6, candidates="distinct_beam")
@@ -323,10 +327,9 @@ def test_prefix_tree_replay_gives_the_same_loss_and_gradients(horizon, flow_head
   conds = {"features": jax.random.normal(jax.random.PRNGKey(2), (groups, dag.cond_dim)),
            "remaining": jnp.asarray([[1, 0, 2, 5, 0], [3, 3, 3, 3, 3], [0, 0, 1, 0, 0]],
                                     jnp.int32)}
-  plans = jnp.concatenate([
-      sample_distinct_plans_beam(jax.random.PRNGKey(i), dag, ctrl.model.apply, p,
-                                 jax.tree.map(lambda c: c[i], conds), k)
-      for i in range(groups)])
+  plans = jax.jit(jax.vmap(lambda key, c: sample_distinct_plans_beam(
+      key, dag, ctrl.model.apply, p, c, k)))(jax.random.split(jax.random.PRNGKey(4), groups),
+                                              conds).reshape(groups * k, horizon)
   cond = jax.tree.map(lambda c: jnp.repeat(c, k, axis=0), conds)
   actions = jnp.concatenate([plans, jnp.full((groups * k, 1), dag.exit_action)], axis=1)
   log_rewards = jax.random.normal(jax.random.PRNGKey(3), (groups * k,))
@@ -338,8 +341,9 @@ def test_prefix_tree_replay_gives_the_same_loss_and_gradients(horizon, flow_head
     log_z = ctrl.model.apply(params, traj.cond_features, method=MLPPolicy.log_z)
     return losses.trajectory_balance(traj, log_z)[0]
 
-  full, g_full = jax.value_and_grad(loss)(p, ctrl.model.apply)
-  shared, g_shared = jax.value_and_grad(loss)(
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  full, g_full = value_and_grad(p, ctrl.model.apply)
+  shared, g_shared = value_and_grad(
       p, prefix_tree_policy_fn(ctrl.model.apply, horizon, k, final_rows=flow_head))
   np.testing.assert_allclose(float(shared), float(full), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_full)):
@@ -386,6 +390,8 @@ def test_bad_controller_settings_fail_clearly():
     small_controller(num_candidates=0)
   with pytest.raises(ValueError, match="bind"):
     small_controller().act(jax.random.PRNGKey(0), (), None, None)
+  with pytest.raises(ValueError, match="terminal_videos"):
+    belief_lib.BeliefConfig(terminal_videos=1)
 
 
 def test_policy_specs_set_nested_settings_and_name_bad_ones():

@@ -50,12 +50,13 @@ def _observations(params, count=4):
   return out
 
 
-@pytest.mark.parametrize("swipe_in_flight", [False, True])
-def test_plan_scoring_equals_jax_run_plan(default_data, swipe_in_flight):
+@pytest.mark.parametrize("swipe_in_flight,terminal_videos", [(False, 2), (True, 2), (False, 3)])
+def test_plan_scoring_equals_jax_run_plan(default_data, swipe_in_flight, terminal_videos):
   catalog, params, data = default_data
-  s = T.TorchGFNSettings(swipe_in_flight=swipe_in_flight)
+  s = T.TorchGFNSettings(swipe_in_flight=swipe_in_flight, terminal_videos=terminal_videos)
   # The terminal term on (weight 1).
-  config = belief_lib.BeliefConfig(swipe_in_flight=swipe_in_flight)
+  config = belief_lib.BeliefConfig(swipe_in_flight=swipe_in_flight,
+                                   terminal_videos=terminal_videos)
   plain = belief_lib.BeliefConfig()
   run_plain = jax.jit(lambda st, w, bw, plans: jax.vmap(
       lambda p: belief_lib.run_plan(ENV, st, w, bw, p, catalog, plain)[0])(plans))
@@ -79,8 +80,9 @@ def test_plan_scoring_equals_jax_run_plan(default_data, swipe_in_flight):
       changed += int(np.sum(np.any(expected != np.asarray(
           run_plain(state, world, bel.bandwidth_mbps[m], jnp.asarray(plans))), axis=1)))
   assert checked == 4 * 2 * ENV.num_actions ** 2
-  # The swipe-in-flight path is exercised (some scenario swipes inside the window).
-  assert (changed > 0) == swipe_in_flight
+  # The swipe-in-flight path, resp. the third video, is exercised (some scenario swipes inside
+  # the window, resp. reaches the video after next in it).
+  assert (changed > 0) == (config != plain)
 
 
 def test_features_and_belief_inputs_equal_jax(default_data):

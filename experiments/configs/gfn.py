@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn.max_spread = 1.0
   config.gfn.rtt_ms = 80.0
   config.gfn.robust_discount = False  # RobustMPC's discount of the bandwidth centre
+  config.gfn.terminal_videos = 2  # videos the continuation covers (the playing one and the next)
 
   config.train = ml_collections.ConfigDict()
   config.train.num_sessions = 32  # per seed, sharded over local devices

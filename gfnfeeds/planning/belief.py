@@ -87,6 +87,9 @@ class BeliefConfig:
       of the harmonic-mean prediction over the newest `history` samples
       (RobustMPC's discount, which PDAS uses): pessimistic where the bandwidth is
       erratic.
+    terminal_videos: videos the continuation covers from the one playing at the
+      plan's end (2: it and the next; more matters when the window spans several
+      short watches).
   """
 
   num_scenarios: int = 8
@@ -100,6 +103,12 @@ class BeliefConfig:
   terminal_horizon_ms: int = 4000
   swipe_in_flight: bool = False
   robust_discount: bool = False
+  terminal_videos: int = 2
+
+  def __post_init__(self):
+    if self.terminal_videos < 2:
+      raise ValueError("BeliefConfig.terminal_videos must be >= 2 (the continuation covers the "
+                       f"playing video and the next), got {self.terminal_videos}")
 
 
 @struct.dataclass
@@ -341,7 +350,7 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
 
   # Continuation over the window, from the video playing at the plan's end.
   count = -(-config.terminal_horizon_ms // CHUNK_MS) + 1
-  span = 2  # the playing video and the next one: enough for a few seconds of window
+  span = config.terminal_videos
   ids = state.play_id + jnp.arange(span)
   ok = ids < v
   idc = jnp.minimum(ids, v - 1)
@@ -352,8 +361,8 @@ def terminal_components(penv: FeedsEnv, start: EnvState, state: EnvState, record
   mb = catalog.chunk_sizes[vid[:, None], jnp.minimum(j, catalog.max_chunks - 1),
                            lvl[:, None]] * 8.0 / 1e6
   # Playback time from the plan's end until chunk j of each video is needed.
-  remaining_head = jnp.maximum(watch[idc[0]] - state.timeline_ms[idc[0]], 0)
-  offset = jnp.where(jnp.arange(span) == 0, 0, remaining_head)
+  left = jnp.where(ok, jnp.maximum(watch[idc] - state.timeline_ms[idc], 0), 0)
+  offset = jnp.cumsum(left) - left  # playback of the covered videos before each
   due = offset[:, None] + state.buffer_ms[idc][:, None] + jnp.arange(count)[None, :] * CHUNK_MS
   end = jnp.minimum(window_end[idc], watch[idc])
   needed = (ok[:, None] & (j < catalog.num_chunks[vid][:, None]) &

@@ -106,6 +106,7 @@ class TorchGFNSettings:
   terminal_weight: float = 1.0
   terminal_horizon_ms: int = 4000
   swipe_in_flight: bool = False
+  terminal_videos: int = 2
   # training
   reward_temperature: float = 0.25
   num_sessions: int = 32
@@ -155,7 +156,8 @@ class TorchGFNSettings:
                prior_mbps=b.prior_mbps, prior_spread=b.prior_spread, min_spread=b.min_spread,
                max_spread=b.max_spread, belief_rtt_ms=b.rtt_ms,
                terminal_weight=b.terminal_weight, terminal_horizon_ms=b.terminal_horizon_ms,
-               swipe_in_flight=b.swipe_in_flight, reward_temperature=settings.reward_temperature,
+               swipe_in_flight=b.swipe_in_flight, terminal_videos=b.terminal_videos,
+               reward_temperature=settings.reward_temperature,
                num_sessions=settings.num_sessions, rollout_steps=settings.rollout_steps,
                relabel=settings.relabel, learning_rate=settings.learning_rate,
                log_z_learning_rate=settings.log_z_learning_rate,
@@ -479,19 +481,18 @@ def terminal_components_py(scenario: Scenario, sim: ReferenceSimulator, records,
 
   count = -(-horizon // CHUNK_MS) + 1
   play = sim.play_video_id
-  head = min(play, n - 1)
-  remaining_head = max(watch[head] - sim._timeline[head], 0)
   quality = megabits = 0.0
-  clock, stall = 0.0, 0.0
-  for i in range(2):  # the playing video and the next one
+  clock, stall, offset = 0.0, 0.0, 0
+  for i in range(s.terminal_videos):  # the playing video and the next ones
     vid = play + i
     if vid >= n:
       break
+    if i > 0:  # this video starts after the earlier ones' remaining playback
+      offset += max(watch[vid - 1] - sim._timeline[vid - 1], 0)
     lvl = max(sim._levels[vid][-1], 0) if sim._levels[vid] else 0
     c = sim._counter[vid]
     nchunks = len(sizes[vid])
     end = min(window_end[vid], watch[vid])
-    offset = 0 if i == 0 else remaining_head
     if i == 1 and s.swipe_in_flight:  # the chunk in flight at the swipe (see the JAX model)
       p_lvl = max(sim._levels[play][-1], 0) if sim._levels[play] else 0
       in_flight = -(-watch[play] // CHUNK_MS)
