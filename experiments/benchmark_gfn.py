@@ -112,8 +112,11 @@ flags.DEFINE_string("videos", "default", "feeds/latency catalog: 'default', MMGC
 flags.DEFINE_integer("feeds_sessions", 32, "sessions per update (config train.num_sessions)")
 flags.DEFINE_integer("feeds_rollout_steps", 8, "decisions per session per update")
 flags.DEFINE_integer("feeds_updates_per_chunk", 10, "updates fused in one timed JAX call")
-flags.DEFINE_enum("feeds_candidates", None, ["iid", "distinct"],
-                  "candidate sampling of the benchmarked controller (default: the config's)")
+flags.DEFINE_enum("feeds_candidates", None, ["iid", "distinct", "distinct_beam"],
+                  "candidate sampling of the benchmarked controller (default: the config's; the "
+                  "torch reference has no distinct_beam and is then skipped)")
+flags.DEFINE_integer("feeds_horizon", None, "plan horizon H of the benchmarked controller "
+                     "(default: the config's)")
 flags.DEFINE_integer("feeds_repeats", 5, "timed JAX calls (median reported)")
 flags.DEFINE_list("feeds_placements", ["single", "sharded"],
                   "JAX session placements measured: single device, sharded over local devices")
@@ -502,6 +505,17 @@ def time_feeds_torch(settings, env_params, updates: int = 3, warmup: int = 1, th
           "load_avg_1min_before_after": [load_before, _load()], "last_loss": last.get("loss")}
 
 
+def torch_skip_reason(settings, peer: bool = True) -> str | None:
+  """Why the torch reference cannot run `settings` (None: it can)."""
+  if not peer:
+    return "disabled (peer=False)"
+  try:
+    torch_gfn.TorchGFNSettings.from_jax(settings)
+  except ValueError as err:  # settings the reference does not implement
+    return f"not implemented by the reference: {err}"
+  return torch_gfn.torch_missing()
+
+
 def run_feeds(settings, env_params, placements=("single", "sharded"), repeats: int = 5,
               torch_updates: int = 3, torch_warmup: int = 1, torch_threads=(1, 0), seed: int = 0,
               peer: bool = True, log=print) -> dict:
@@ -522,7 +536,7 @@ def run_feeds(settings, env_params, placements=("single", "sharded"), repeats: i
          "ratio": None, "jax": modes, "torch": [],
          "settings": describe_settings(settings),
          "candidate_trajectories_per_decision": k * groups}
-  reason = torch_gfn.torch_missing() if peer else "disabled (peer=False)"
+  reason = torch_skip_reason(settings, peer)
   if reason:
     log(f"torch reference SKIPPED ({reason})")
     out["torch_skipped_reason"] = reason
@@ -656,9 +670,11 @@ def main(argv):
     config.train.updates_per_chunk = FLAGS.feeds_updates_per_chunk
     if FLAGS.feeds_candidates:
       config.gfn.candidates = FLAGS.feeds_candidates
+    if FLAGS.feeds_horizon:
+      config.gfn.horizon = FLAGS.feeds_horizon
     settings = feeds_settings(config, env)
     result["feeds_data"] = {"network": FLAGS.network, "videos": FLAGS.videos,
-                            "candidates": config.gfn.candidates}
+                            "candidates": config.gfn.candidates, "horizon": config.gfn.horizon}
   if "feeds" in suites:
     result["feeds"] = run_feeds(settings, env_params, FLAGS.feeds_placements, FLAGS.feeds_repeats,
                                 FLAGS.torch_updates, FLAGS.torch_warmup,

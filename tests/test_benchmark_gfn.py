@@ -41,7 +41,7 @@ def test_hypergrid_suite_with_torchgfn():
 
 
 # ----------------------------------------------------------------- feeds and latency suites
-def _tiny_feeds():
+def _tiny_feeds(**gfn):
   env, env_params, config = B.feeds_data("default", "default")
   config.gfn.horizon = 2
   config.gfn.num_candidates = 2
@@ -50,6 +50,8 @@ def _tiny_feeds():
   config.train.num_sessions = 2
   config.train.rollout_steps = 2
   config.train.updates_per_chunk = 1
+  for key, value in gfn.items():
+    config.gfn[key] = value
   return B.feeds_settings(config, env), env_params
 
 
@@ -77,3 +79,14 @@ def test_latency_suite():
   assert [r["batch"] for r in rows] == [1, 2]
   for r in rows:
     assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 5
+
+
+def test_feeds_suite_skips_the_reference_where_it_lacks_the_settings():
+  """distinct_beam has no torch twin: the reference is skipped with the reason, not run."""
+  settings, _ = _tiny_feeds(candidates="distinct_beam")
+  assert "not implemented by the reference" in B.torch_skip_reason(settings)
+  assert "distinct_beam" in B.torch_skip_reason(settings)
+  assert B.torch_skip_reason(settings, peer=False) == "disabled (peer=False)"
+  from gfnfeeds.reference import torch_gfn
+  plain, _ = _tiny_feeds()
+  assert B.torch_skip_reason(plain) == torch_gfn.torch_missing()
