@@ -147,14 +147,13 @@ def test_compare_rejects_unknown_columns_before_running():
 
 def test_compare_warns_about_sessions_cut_at_max_steps():
   """A policy whose sessions hit --max_steps is named in a warning (its batch ran to the limit)."""
-  out = subprocess.run([sys.executable, "-m", "experiments.compare", "--policies=no_save,pdas",
+  out = subprocess.run([sys.executable, "-m", "experiments.compare", "--policies=no_save",
                         "--network=default:low", "--sessions=3", "--max_steps=5",
                         "--progress=false"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache")))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "warning: no_save: 3 of 3 sessions hit --max_steps=5" in out.stdout
-  assert "warning: pdas: 3 of 3 sessions hit --max_steps=5" in out.stdout
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -39,7 +39,7 @@ def tiny_config(**train):
   return config
 
 
-@pytest.mark.parametrize("candidates", ["distinct", "distinct_beam", "iid"])
+@pytest.mark.parametrize("candidates", ["distinct", "iid"])
 def test_update_learns_a_fixed_batch(candidates):
   """Repeated updates on the same decisions drive the TB loss down (the step learns)."""
   config = tiny_config(num_sessions=4, rollout_steps=4)
