@@ -265,11 +265,12 @@ def _truncated_gumbel(perturbed: jax.Array, top: jax.Array) -> jax.Array:
   top = top[..., None]
   finite = jnp.isfinite(perturbed) & jnp.isfinite(top)
   g = jnp.where(finite, perturbed, 0.0)
-  gap = jnp.where(finite, g - z, -1.0)  # <= 0; the maximum itself maps to top exactly
+  gap = jnp.where(finite, g - z, -1.0)  # <= 0
+  # log(1 - exp(gap)); -inf at the maximum (gap 0), whose result is then exactly `top`.
   log1mexp = jnp.where(gap > -0.693, jnp.log(-jnp.expm1(gap)), jnp.log1p(-jnp.exp(gap)))
-  v = top - g + jnp.where(gap == 0.0, -jnp.inf, log1mexp)
+  v = top - g + log1mexp
   shifted = top - jnp.maximum(v, 0.0) - jnp.log1p(jnp.exp(-jnp.abs(v)))
-  return jnp.where(finite, jnp.where(gap == 0.0, top, shifted), -jnp.inf)
+  return jnp.where(finite, shifted, -jnp.inf)
 
 
 def sample_distinct_plans_beam(key: jax.Array, dag: PlanDAG, apply_fn, params, cond, num: int,
