@@ -296,8 +296,9 @@ def sample_distinct_plans_beam(key: jax.Array, dag: PlanDAG, apply_fn, params, c
     step_lp = _token_log_probs(dag, apply_fn, params, states, cond, epsilon, temperature)
     child_lp = jnp.where(jnp.isfinite(log_probs)[:, None], log_probs[:, None] + step_lp,
                          -jnp.inf)  # [n, T]
+    # Gumbels are finite, so disallowed children (log-prob -inf) stay -inf.
     perturbed = child_lp + jax.random.gumbel(jax.random.fold_in(key, depth), (n, t), F32)
-    child_top = _truncated_gumbel(jnp.where(jnp.isfinite(child_lp), perturbed, -jnp.inf), top)
+    child_top = _truncated_gumbel(perturbed, top)
     width = min(num, n * t)
     top, index = jax.lax.top_k(child_top.reshape(-1), width)
     parent, token = index // t, (index % t).astype(jnp.int32)
