@@ -41,7 +41,7 @@ FIXTURE_RUNS = {"no_save": ("steps_no_save_high_0.csv", "high/0"),
 PARITY_TRACES = ("high/3", "high/11", "medium/5", "medium/17", "low/2", "low/13",
                  "mixed/1", "mixed/8", "mixed/14", "mixed/17")
 BATCH = 64
-NUM_SAMPLED = 16  # sampled sessions beside the MMGC batch in (d)
+NUM_SAMPLED = 8  # sampled sessions beside the MMGC batch in (d)
 ENV = FeedsEnv(reference_quirks=True, max_steps=8192)
 
 
@@ -302,7 +302,7 @@ def evaluator(name):
 
 @pytest.fixture(scope="module")
 def evaluations(mmgc):
-  """Per policy: metrics on 16 sampled sessions and on the 60 MMGC set sessions (+4 pdas_w
+  """Per policy: metrics on 8 sampled sessions and on the 60 MMGC set sessions (+4 pdas_w
   probes), run as one batch per policy (one compile; the sampled sessions' 50 ms sleeps make
   them the long ones, so fewer of them bound the batch's trip count)."""
   params = mmgc["params"]
