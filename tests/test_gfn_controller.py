@@ -23,6 +23,7 @@ from gfnfeeds.policies.gfn import (GFNController, enumerate_plan_log_probs, make
                                    prefix_tree_policy_fn, sample_distinct_plans,
                                    sample_distinct_plans_beam)
 from gfnfeeds.gfn import losses
+from gfnfeeds import numerics
 
 ENV = FeedsEnv()
 
@@ -268,6 +269,28 @@ def test_enumerated_plan_distribution_is_the_samplers(default_data):
     small_controller(candidates="many")
   with pytest.raises(ValueError, match="enumerates"):
     small_controller(horizon=4, candidates="distinct")
+
+
+def test_top_k_is_lax_top_k_bit_for_bit():
+  """numerics.top_k (the distinct sampler's top-K) returns lax.top_k's values and indices:
+  its total order of floats (NaN above inf, +0 above -0), lower index first on ties, under
+  jit and vmap, in float32 and float64; a bad k names the axis size."""
+  special = [0.0, -0.0, 1.0, np.nan, -np.inf, 2.0, -np.nan, np.inf, -np.inf, 0.0, 1.0]
+  rng = np.random.default_rng(0)
+  rows = np.round(rng.normal(size=(6, 40)) * 2) / 2  # many ties, and -0.0 next to 0.0
+  rows[:, ::3] = -np.inf
+  rows[0, :37] = -np.inf  # fewer finite entries than k
+  rows[1, :len(special)] = special
+  for dtype in (jnp.float32, jnp.float64):
+    x = jnp.asarray(rows, dtype)
+    for k in (0, 1, 10, 40):
+      got = jax.jit(jax.vmap(lambda r: numerics.top_k(r, k)))(x)
+      want = jax.lax.top_k(x, k)
+      np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+      np.testing.assert_array_equal(np.asarray(got[0]).view(np.uint8),
+                                    np.asarray(want[0]).view(np.uint8))
+  with pytest.raises(ValueError, match=r"k must be in \[0, 40\]"):
+    numerics.top_k(jnp.zeros(40), 41)
 
 
 def plan_index(plans, t):

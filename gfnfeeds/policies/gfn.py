@@ -38,6 +38,7 @@ from gfnfeeds.env.preferences import MMGC_WEIGHTS, WEIGHT_HIGH
 from gfnfeeds.gfn.dag import DAGEnv
 from gfnfeeds.gfn.networks import MLPPolicy, PolicyOutput
 from gfnfeeds.gfn.sampling import Trajectories, exploration_log_probs, sample_trajectories
+from gfnfeeds.numerics import top_k
 from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.base import Policy
 
@@ -202,7 +203,7 @@ def sample_distinct_plans(key: jax.Array, log_probs: jax.Array, plans: jax.Array
   Where fewer than `num` plans are allowed, the remaining rows repeat the first draw.
   """
   perturbed = log_probs + jax.random.gumbel(key, log_probs.shape, F32)
-  values, index = jax.lax.top_k(perturbed, num)
+  values, index = top_k(perturbed, num)
   index = jnp.where(jnp.isfinite(values), index, index[0])
   return plans[index]
 
