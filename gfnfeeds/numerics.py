@@ -65,35 +65,35 @@ def top_k(x, k: int):
   totally (-NaN < -inf < ... < -0.0 < +0.0 < ... < inf < NaN) and puts the lower
   index first among equal entries. Computed as k rounds of a max and a
   min-index over the entries not taken yet, on integer keys with that total
-  order. Why: XLA's CPU backend runs `lax.top_k` with its fast TopK kernel only
+  order, in a scan. Why: XLA's CPU backend runs `lax.top_k` with its fast TopK kernel only
   in some programs; in others (always for float64) it sorts the whole last
   axis. In `sample_distinct_plans`'s program it sorted, and these k rounds
   took about a quarter of the time (BUILD_NOTES.md, section 6i). Where the
   kernel is used (the beam search's top_k), it stays the faster choice.
 
   Args:
-    x: float array [..., n] (float32 or float64).
+    x: float array [..., n] (16, 32 or 64 bits).
     k: static, 0 <= k <= n.
   """
   x = jnp.asarray(x)
   n = x.shape[-1]
   if not 0 <= k <= n:
     raise ValueError(f"top_k: k must be in [0, {n}] (the size of the last axis), got {k}")
-  int_type = {4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
+  int_type = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
   bits = jax.lax.bitcast_convert_type(x, int_type)
   # Negative floats: flip the magnitude bits, so a larger magnitude is a smaller key.
   key = jnp.where(bits < 0, bits ^ jnp.iinfo(int_type).max, bits)
   lowest = jnp.iinfo(int_type).min
   iota = jnp.arange(n, dtype=jnp.int32)
-  taken = jnp.zeros(x.shape, bool)
-  indices = []
-  for _ in range(k):  # static and short: k rounds, fused by XLA
+
+  def take_largest(taken, _):
     masked = jnp.where(taken, lowest, key)
     best = jnp.max(masked, axis=-1, keepdims=True)
     # Some entry not taken yet always attains `best` (taken ones sit at the lowest key).
     index = jnp.min(jnp.where((masked == best) & ~taken, iota, n), axis=-1)
-    indices.append(index)
-    taken = taken | (iota == index[..., None])
-  indices = (jnp.stack(indices, axis=-1) if k else
-             jnp.zeros(x.shape[:-1] + (0,), jnp.int32))
+    return taken | (iota == index[..., None]), index
+
+  # A scan, not an unrolled loop: the program's size does not grow with k.
+  _, indices = jax.lax.scan(take_largest, jnp.zeros(x.shape, bool), None, length=k)
+  indices = jnp.moveaxis(indices, 0, -1).astype(jnp.int32)
   return jnp.take_along_axis(x, indices, axis=-1), indices
