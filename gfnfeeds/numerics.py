@@ -63,9 +63,9 @@ def top_k(x, k: int):
 
   Bit for bit the values and indices of `jax.lax.top_k`, which orders floats
   totally (-NaN < -inf < ... < -0.0 < +0.0 < ... < inf < NaN) and puts the lower
-  index first among equal entries. Computed as k rounds of a max and a
-  min-index over the entries not taken yet, on integer keys with that total
-  order, in a scan. Why: XLA's CPU backend runs `lax.top_k` with its fast TopK kernel only
+  index first among equal entries. Computed as k rounds (a scan) of a max and
+  a min-index over the entries not taken yet, on integer keys with that total
+  order. Why: XLA's CPU backend runs `lax.top_k` with its fast TopK kernel only
   in some programs; in others (always for float64) it sorts the whole last
   axis. In `sample_distinct_plans`'s program it sorted, and these k rounds
   took about a quarter of the time (BUILD_NOTES.md, section 6i). Where the
@@ -76,6 +76,8 @@ def top_k(x, k: int):
     k: static, 0 <= k <= n.
   """
   x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"top_k: x must be a float array, got {x.dtype}")
   n = x.shape[-1]
   if not 0 <= k <= n:
     raise ValueError(f"top_k: k must be in [0, {n}] (the size of the last axis), got {k}")

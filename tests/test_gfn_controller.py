@@ -274,7 +274,7 @@ def test_enumerated_plan_distribution_is_the_samplers(default_data):
 def test_top_k_is_lax_top_k_bit_for_bit():
   """numerics.top_k (the distinct sampler's top-K) returns lax.top_k's values and indices:
   its total order of floats (NaN above inf, +0 above -0), lower index first on ties, under
-  jit and vmap, in float32 and float64; a bad k names the axis size."""
+  jit and vmap, in float32 and float64; a bad k names the axis size, ints are refused."""
   special = [0.0, -0.0, 1.0, np.nan, -np.inf, 2.0, -np.nan, np.inf, -np.inf, 0.0, 1.0]
   rng = np.random.default_rng(0)
   rows = np.round(rng.normal(size=(6, 40)) * 2) / 2  # many ties, and -0.0 next to 0.0
@@ -291,6 +291,8 @@ def test_top_k_is_lax_top_k_bit_for_bit():
                                     np.asarray(want[0]).view(np.uint8))
   with pytest.raises(ValueError, match=r"k must be in \[0, 40\]"):
     numerics.top_k(jnp.zeros(40), 41)
+  with pytest.raises(TypeError, match="float"):
+    numerics.top_k(jnp.arange(5), 2)
 
 
 def plan_index(plans, t):
