@@ -97,5 +97,5 @@ def top_k(x, k: int):
 
   # A scan, not an unrolled loop: the program's size does not grow with k.
   _, indices = jax.lax.scan(take_largest, jnp.zeros(x.shape, bool), None, length=k)
-  indices = jnp.moveaxis(indices, 0, -1).astype(jnp.int32)
+  indices = jnp.moveaxis(indices, 0, -1)  # int32: the iota's type
   return jnp.take_along_axis(x, indices, axis=-1), indices
