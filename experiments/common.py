@@ -30,7 +30,10 @@ def define_session_flags() -> None:
                       "comma-separated trace directories/files, or default[:low|medium|high]")
   flags.DEFINE_string("videos", "default",
                       "MMGC catalog dir (video_size/, user_ret/), .npz, or default")
-  flags.DEFINE_string("users", "mmgc_default", "mmgc_default | mmgc_samples:N | sampled:N")
+  flags.DEFINE_string("users", "mmgc_default",
+                      "mmgc_default | mmgc_samples:N | sampled:N (N users, each the same on "
+                      "every trace) | sampled_per_session:N (N sessions per trace, a fresh "
+                      "user each)")
   flags.DEFINE_enum("preferences", "mmgc", ["mmgc", "sampled"],
                     "user weights (alpha, beta, gamma, theta)")
   flags.DEFINE_enum("trace_class", "all", ["all", "low", "medium", "high"],

@@ -8,7 +8,9 @@ r"""Runs several controllers on exactly the same sessions and tabulates them.
 
 Prints a markdown table of means with 95% CIs per policy, and for each policy
 the mean per-session difference in score_w against --reference with its 95% CI
-(sessions pair one to one because every policy sees the same sessions).
+(sessions pair one to one because every policy sees the same sessions), and the
+same CI clustered by trace (sessions on one trace are not independent draws;
+`evaluation.clustered_mean_ci`).
 """
 
 from __future__ import annotations
@@ -67,28 +69,33 @@ def main(argv):
     seconds[name] = time.perf_counter() - t0
     print(f"  {labels[name]}: {seconds[name]:.1f}s", flush=True)
   summaries = {n: evaluation.summarize(m, FLAGS.columns) for n, m in results.items()}
-  diffs = {}
+  diffs, clustered = {}, {}
   if FLAGS.reference:
     ref = results[FLAGS.reference]["score"]
     diffs = {n: evaluation.mean_ci(m["score"] - ref) for n, m in results.items()}
-  header = ["policy"] + list(FLAGS.columns) + ([f"Δscore vs {FLAGS.reference}"] if diffs else [])
+    clustered = {n: evaluation.clustered_mean_ci(m["score"] - ref, setup.table.trace_names)
+                 for n, m in results.items()}
+  header = ["policy"] + list(FLAGS.columns) + (
+      [f"Δscore vs {FLAGS.reference}", "trace-clustered ±"] if diffs else [])
   print("\n| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for n in results:
     cells = [labels[n]] + [f"{summaries[n][c][0]:.3f} ± {summaries[n][c][1]:.3f}"
                            for c in FLAGS.columns]
     if diffs:
-      cells.append(f"{diffs[n][0]:+.3f} ± {diffs[n][1]:.3f}")
+      cells += [f"{diffs[n][0]:+.3f} ± {diffs[n][1]:.3f}", f"{clustered[n][1]:.3f}"]
     print("| " + " | ".join(cells) + " |")
   common.write_json(FLAGS.json, {
       "flags": {k: getattr(FLAGS, k) for k in ("network", "videos", "users", "preferences",
                                                "trace_class", "split", "seed",
                                                "reference_quirks", "sessions")},
       "sessions": len(setup.table), "summaries": summaries,
-      "score_difference_vs_reference": diffs, "seconds": seconds,
-      # Per-session score_w in session order (the same sessions for every policy), so any
-      # other paired difference can be computed from the file.
-      "session_scores": {n: [float(x) for x in m["score"]] for n, m in results.items()}})
+      "score_difference_vs_reference": diffs,
+      "score_difference_vs_reference_trace_clustered": clustered, "seconds": seconds,
+      # Per-session score_w in session order (the same sessions for every policy), with each
+      # session's trace, so any other paired difference and its CI can be computed from the file.
+      "session_scores": {n: [float(x) for x in m["score"]] for n, m in results.items()},
+      "session_traces": list(setup.table.trace_names)})
 
 
 if __name__ == "__main__":

@@ -39,15 +39,26 @@ class SessionTable:
     return len(self.trace_names)
 
 
+USER_KINDS = ("mmgc_samples", "sampled", "sampled_per_session")
+
+
 def parse_users(spec: str) -> tuple[str, int]:
-  """'mmgc_default' | 'mmgc_samples:N' | 'sampled:N' -> (kind, count)."""
+  """'mmgc_default' | 'mmgc_samples:N' | 'sampled:N' | 'sampled_per_session:N' -> (kind, N).
+
+  `sampled:N` is N users crossed with the traces: user u watches every trace's
+  videos the same way, so with a fixed catalog (MMGC: the same seven videos in
+  every session) the whole table has only N swipe patterns. `sampled_per_session:N`
+  gives N sessions per trace with a fresh user each: every session is an
+  independent draw of the user population, the setting in which per-session
+  confidence intervals mean what they say.
+  """
   if spec == "mmgc_default":
     return "mmgc_default", 1
   kind, _, n = spec.partition(":")
-  if kind in ("mmgc_samples", "sampled") and n.isdigit() and int(n) > 0:
+  if kind in USER_KINDS and n.isdigit() and int(n) > 0:
     return kind, int(n)
-  raise ValueError(f"--users must be mmgc_default, mmgc_samples:N or sampled:N (N >= 1), "
-                   f"got {spec!r}")
+  raise ValueError(f"--users must be mmgc_default, mmgc_samples:N, sampled:N or "
+                   f"sampled_per_session:N (N >= 1), got {spec!r}")
 
 
 def build_sessions(env: FeedsEnv, videos: Sequence[Video], catalog: Catalog,
@@ -59,7 +70,9 @@ def build_sessions(env: FeedsEnv, videos: Sequence[Video], catalog: Catalog,
   Videos: with a catalog of exactly env.num_videos videos, session video i is
   catalog video i (MMGC); with a larger catalog each session draws its videos
   from a seeded stream. Users: the MMGC seeded procedure (exact) or watch
-  durations sampled from the retention curves. Preferences: the MMGC weights
+  durations sampled from the retention curves, per user (`sampled:N`, the same
+  draws on every trace) or per session (`sampled_per_session:N`; see
+  `parse_users`). Preferences: the MMGC weights
   for everyone, or one draw per session. Everything derives from `seed` and the
   session index only.
   """
@@ -83,8 +96,12 @@ def build_sessions(env: FeedsEnv, videos: Sequence[Video], catalog: Catalog,
     draw = jax.vmap(lambda k: jax.random.randint(k, (v,), 0, len(videos), jnp.int32))
     video_ids = np.asarray(draw(jax.vmap(lambda i: jax.random.fold_in(k_vid, i))(idx)))
 
-  if kind == "sampled":
-    user_keys = jax.vmap(lambda u: jax.random.fold_in(k_user, u))(user_index)
+  if kind in ("sampled", "sampled_per_session"):
+    if kind == "sampled":
+      user_keys = jax.vmap(lambda u: jax.random.fold_in(k_user, u))(user_index)
+    else:  # a stream apart from the shared users' keys, one key per session
+      k_each = jax.random.split(k_user)[0]
+      user_keys = jax.vmap(lambda i: jax.random.fold_in(k_each, i))(idx)
     watch = np.asarray(jax.vmap(sample_watch_ms, in_axes=(0, None, 0))(
         user_keys, catalog, jnp.asarray(video_ids)))
   else:
@@ -116,7 +133,12 @@ def build_sessions(env: FeedsEnv, videos: Sequence[Video], catalog: Catalog,
   sessions = Session(trace_index=jnp.asarray(trace_index), start_row=jnp.asarray(start_row),
                      video_ids=jnp.asarray(video_ids), watch_ms=jnp.asarray(watch, jnp.int32),
                      weights=jnp.asarray(weights))
-  user_names = (["default"] * n if kind == "mmgc_default" else [str(u) for u in user_index])
+  if kind == "mmgc_default":
+    user_names = ["default"] * n
+  elif kind == "sampled_per_session":
+    user_names = [f"session{i}" for i in idx]
+  else:
+    user_names = [str(u) for u in user_index]
   return SessionTable(sessions=sessions, trace_names=[trace_names[t] for t in trace_index],
                       user_names=user_names)
 
@@ -167,6 +189,24 @@ def mean_ci(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
   if x.size < 2:
     return float(x.mean()) if x.size else math.nan, math.nan
   return float(x.mean()), float(z * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def clustered_mean_ci(x: np.ndarray, clusters, z: float = 1.96) -> tuple[float, float]:
+  """Mean and 95% CI half-width allowing correlation within clusters (e.g. sessions on one trace).
+
+  The CR1 cluster-robust standard error of a mean: with G clusters and n values,
+  se = sqrt(G / (G - 1) * sum_g (sum_{i in g} (x_i - mean))^2) / n. With one value
+  per cluster it is `mean_ci`'s sd / sqrt(n); when values of a cluster move together
+  it is wider, as it should be.
+  """
+  x = np.asarray(x, np.float64)
+  _, group = np.unique(np.asarray(clusters), return_inverse=True)
+  num_clusters = int(group.max()) + 1 if x.size else 0
+  if num_clusters < 2:
+    return (float(x.mean()) if x.size else math.nan), math.nan
+  totals = np.bincount(group, weights=x - x.mean(), minlength=num_clusters)
+  se = math.sqrt(num_clusters / (num_clusters - 1) * float(np.sum(totals ** 2))) / x.size
+  return float(x.mean()), float(z * se)
 
 
 def metric_names(env: FeedsEnv, params: EnvParams) -> tuple[str, ...]:

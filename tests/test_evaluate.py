@@ -81,6 +81,35 @@ def test_sessions_are_identical_across_policies_and_seeded():
   assert np.all((watch >= 0) & (watch <= 1000 * np.asarray(catalog.num_chunks)[vids]))
 
 
+def test_sampled_users_are_shared_across_traces_per_session_users_are_not():
+  """With a catalog of exactly env.num_videos videos (every session the same videos, as
+  with MMGC), `sampled:N` gives user u the same watch durations on every trace, and
+  `sampled_per_session:N` a fresh user per session; both reproducible by seed."""
+  videos, ladder = load_videos_arg("default")
+  env = FeedsEnv()
+  videos = videos[:env.num_videos]
+  catalog = pack_catalog(videos, ladder)
+  prefs = archetype_preferences()
+  names, lens = ["a", "b", "c"], [2400, 2400, 2400]
+
+  def watch(users, seed=3):
+    table = evaluation.build_sessions(env, videos, catalog, names, lens, users, "sampled",
+                                      prefs, seed=seed)
+    return np.asarray(table.sessions.watch_ms), table
+
+  shared, _ = watch("sampled:2")
+  assert np.array_equal(shared[0], shared[2]) and np.array_equal(shared[1], shared[3])
+  assert not np.array_equal(shared[0], shared[1])
+  each, table = watch("sampled_per_session:2")
+  assert table.trace_names == ["a", "a", "b", "b", "c", "c"]
+  assert len({tuple(row) for row in each}) == 6  # six sessions, six users
+  assert not any(np.array_equal(each[i], shared[i]) for i in range(6))  # its own key stream
+  np.testing.assert_array_equal(each, watch("sampled_per_session:2")[0])
+  assert not np.array_equal(each, watch("sampled_per_session:2", seed=4)[0])
+  with pytest.raises(ValueError, match="sampled_per_session:N"):
+    evaluation.parse_users("sampled_per_session:0")
+
+
 def jax_leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
@@ -91,6 +120,18 @@ def test_mean_ci():
   x = np.array([1.0, 2.0, 3.0, 4.0])
   m, h = evaluation.mean_ci(x)
   assert m == 2.5 and abs(h - 1.96 * np.std(x, ddof=1) / 2.0) < 1e-12
+
+
+def test_clustered_mean_ci():
+  """One value per cluster: mean_ci. Each value repeated in its cluster (no new information):
+  the CI of the values once, where mean_ci would shrink by sqrt(4). One cluster: no CI."""
+  x = np.random.default_rng(0).normal(size=30)
+  np.testing.assert_allclose(evaluation.clustered_mean_ci(x, [f"t{i}" for i in range(30)]),
+                             evaluation.mean_ci(x), rtol=1e-12)
+  repeated = evaluation.clustered_mean_ci(np.repeat(x, 4), np.repeat(np.arange(30), 4))
+  np.testing.assert_allclose(repeated, evaluation.mean_ci(x), rtol=1e-12)
+  assert repeated[1] > 1.9 * evaluation.mean_ci(np.repeat(x, 4))[1]
+  assert np.isnan(evaluation.clustered_mean_ci(x, ["a"] * 30)[1])
 
 
 def test_program_end_to_end_pairs_sessions(tmp_path):
@@ -133,6 +174,11 @@ def test_program_end_to_end_pairs_sessions(tmp_path):
   np.testing.assert_allclose(result["score_difference_vs_reference"]["pdas_w"][0],
                              np.mean(scores["pdas_w"] - scores["fixed_preload"]), rtol=1e-6)
   assert result["score_difference_vs_reference"]["fixed_preload"] == [0.0, 0.0]
+  assert "trace-clustered" in out.stdout and len(result["session_traces"]) == 8
+  np.testing.assert_allclose(
+      result["score_difference_vs_reference_trace_clustered"]["pdas_w"],
+      evaluation.clustered_mean_ci(scores["pdas_w"] - scores["fixed_preload"],
+                                   result["session_traces"]), rtol=1e-6)
 
 
 def test_compare_rejects_unknown_columns_before_running():

@@ -21,7 +21,7 @@ from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.gfn import (GFNController, enumerate_plan_log_probs, make_server,
                                    observation_features, observation_feature_dim, plan_cond,
                                    prefix_tree_policy_fn, sample_distinct_plans,
-                                   sample_distinct_plans_beam)
+                                   sample_distinct_plans_beam, sleep_allowed)
 from gfnfeeds.gfn import losses
 from gfnfeeds import numerics
 
@@ -78,11 +78,42 @@ def test_plan_dag_masks_follow_remaining_chunks_and_horizon(default_data):
   parent = dag.backward_step(s, jnp.asarray(0), cond)
   assert int(parent.length) == 2 and list(np.asarray(parent.planned)) == [1, 0, 0, 0, 0]
   assert int(dag.forward_action(s, jnp.asarray(0), cond)) == 7
-  # At the first token the DAG's mask is the observation's action mask.
+  # At the first token the DAG's mask is the observation's action mask (sleep allowed).
   obs_cond = {"features": jnp.zeros((dag.cond_dim,)),
               "remaining": jnp.where(obs.slot_valid, obs.num_chunks - obs.chunks_downloaded, 0)}
   np.testing.assert_array_equal(np.asarray(dag.forward_mask(dag.init(obs_cond), obs_cond))[:-1],
                                 np.asarray(obs.action_mask))
+  # sleep_ok=False masks the sleep as the first token only.
+  stalled = dict(cond, sleep_ok=jnp.asarray(False))
+  s = dag.init(stalled)
+  np.testing.assert_array_equal(np.asarray(dag.forward_mask(s, stalled))[:15], m0[:15])
+  assert not dag.forward_mask(s, stalled)[15]
+  assert dag.forward_mask(dag.step(s, jnp.asarray(6), stalled), stalled)[15]
+
+
+def test_sleep_is_masked_while_the_playing_video_is_stalled(default_data):
+  """`sleep_allowed` is False exactly when the playing video's buffer is empty with chunks
+  left (a session's first decision); the controller then never sleeps, unless
+  `sleep_while_stalled`, and its Decision records the flag for the training replay."""
+  catalog, params = default_data
+  first, _ = ENV.reset(jax.random.PRNGKey(0), params)
+  assert not bool(sleep_allowed(first))  # startup: nothing buffered yet
+  for key in jax.random.split(jax.random.PRNGKey(1), 4):
+    obs, _ = advance(params, key)
+    stalled = int(obs.buffer_ms[0]) <= 0 and int(obs.num_chunks[0]) > int(
+        obs.chunks_downloaded[0])
+    assert bool(sleep_allowed(obs)) == (not stalled)
+  ctrl = small_controller(horizon=2, candidates="distinct")
+  p = ctrl.init_params(jax.random.PRNGKey(2))
+  keys = jax.random.split(jax.random.PRNGKey(3), 64)
+  sleep = ENV.window * ENV.num_levels_hint
+  for c, sleeps_allowed in ((ctrl, False),
+                            (dataclasses.replace(ctrl, sleep_while_stalled=True), True)):
+    dec = jax.jit(jax.vmap(c.decide, in_axes=(0, None, None, None)))(keys, p, first, catalog)
+    opens_with_sleep = np.asarray(dec.plans)[:, :, 0] == sleep
+    assert bool(opens_with_sleep.any()) == sleeps_allowed
+    assert np.asarray(dec.sleep_ok).tolist() == [sleeps_allowed] * 64
+
 
 
 @pytest.mark.parametrize("env_name", ["hypergrid", "plan"])

@@ -141,3 +141,24 @@ def test_every_belief_setting_is_a_config_field():
   del config.gfn["min_spread"]
   belief = gfn_algorithm.controller_from_config(config, FeedsEnv()).belief
   assert belief.robust_discount is False and belief.min_spread == BeliefConfig().min_spread
+
+
+def test_sleep_mask_setting_reaches_the_controller_and_its_export(tmp_path):
+  """`config.gfn.sleep_while_stalled` sets the controller's; an export keeps it, and an
+  export without it (the committed gfn_default) loads with the mask on."""
+  import dataclasses
+
+  config = gfn_config.get_config()
+  assert gfn_algorithm.controller_from_config(config, FeedsEnv()).sleep_while_stalled is False
+  config.gfn.sleep_while_stalled = True
+  ctrl = gfn_algorithm.controller_from_config(config, FeedsEnv())
+  assert ctrl.sleep_while_stalled is True
+  small = dataclasses.replace(ctrl, hidden=(8,))
+  gfn_algorithm.save_controller(str(tmp_path / "export"), small,
+                                small.init_params(jax.random.PRNGKey(0)))
+  assert gfn_algorithm.load_controller(str(tmp_path), FeedsEnv())[0].sleep_while_stalled is True
+  spec_path = tmp_path / "export" / "controller.json"
+  spec = json.loads(spec_path.read_text())
+  del spec["sleep_while_stalled"]
+  spec_path.write_text(json.dumps(spec))
+  assert gfn_algorithm.load_controller(str(tmp_path), FeedsEnv())[0].sleep_while_stalled is False

@@ -126,8 +126,10 @@ def test_network_equals_flax_policy():
                                atol=1e-4)
 
 
-def test_enumerated_plans_equal_jax(default_data):
-  """The torch reference's exact plan distribution ("distinct" candidates) is the JAX one."""
+@pytest.mark.parametrize("sleep_ok", [True, False])
+def test_enumerated_plans_equal_jax(default_data, sleep_ok):
+  """The torch reference's exact plan distribution ("distinct" candidates) is the JAX one,
+  with and without the first-token sleep mask."""
   if T.torch_missing():
     pytest.skip(T.torch_missing())
   import torch
@@ -141,14 +143,16 @@ def test_enumerated_plans_equal_jax(default_data):
   T.load_flax_params(trainer.net, p)
   obs = _observations(params)[3]
   cond = plan_cond(observation_features(obs, catalog, ctrl.belief), obs.weights,
-                   jnp.asarray([1, 0, 2, 5, 0], jnp.int32))
+                   jnp.asarray([1, 0, 2, 5, 0], jnp.int32), sleep_ok)
   lp, plans = enumerate_plan_log_probs(ctrl.dag, ctrl.model.apply, p, cond, 0.1, 1.0)
-  tlp, tplans = trainer.enumerate_plans(torch.as_tensor(np.array(cond["features"]))[None],
-                                        torch.as_tensor(np.array(cond["remaining"]))[None])
+  args = (torch.as_tensor(np.array(cond["features"]))[None],
+          torch.as_tensor(np.array(cond["remaining"]))[None], torch.as_tensor([sleep_ok]))
+  tlp, tplans = trainer.enumerate_plans(*args)
   np.testing.assert_array_equal(tplans[0].numpy(), np.asarray(plans))
   np.testing.assert_allclose(tlp[0].numpy(), np.asarray(lp), atol=1e-4)
-  drawn = trainer.sample_distinct_plans(torch.as_tensor(np.array(cond["features"]))[None],
-                                        torch.as_tensor(np.array(cond["remaining"]))[None])
+  opens_with_sleep = np.asarray(plans)[:, 0] == ctrl.dag.num_tokens - 1
+  assert np.isfinite(np.asarray(lp)[opens_with_sleep]).any() == sleep_ok
+  drawn = trainer.sample_distinct_plans(*args)
   assert drawn.shape == (1, 6, 2) and len({tuple(x) for x in drawn[0]}) == 6
 
 
@@ -168,5 +172,9 @@ def test_trainer_update_runs_and_samples_valid_plans(default_data):
         if token < s.window * s.levels:
           planned[token // s.levels] += 1
       assert np.all(planned <= remaining)
+  # A session's first decision is stalled (nothing buffered): no plan opens with a sleep.
+  assert not batch["sleep_ok"].all()
+  sleep_token = s.num_tokens - 1
+  assert not (batch["plans"][~batch["sleep_ok"], :, 0] == sleep_token).any()
   metrics = trainer.update()
   assert np.isfinite(metrics["loss"]) and trainer.decisions == 12

@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.gfn.reward_temperature = 0.25  # tau: log R = U_w / tau
   config.gfn.epsilon = 0.05  # exploration of the plan sampler while training
   config.gfn.temperature = 1.0
+  # True: plans may open with a sleep while the playing video is stalled with chunks left
+  # (a dominated action, masked by default; BUILD_NOTES 6j)
+  config.gfn.sleep_while_stalled = False
   config.gfn.prior_mbps = 1.5
   config.gfn.terminal_weight = 1.0  # continuation term beyond the plan (0 = ablation)
   config.gfn.terminal_horizon_ms = 4000

@@ -15,8 +15,10 @@ weights whatever the user's are; the environment still scores the user's w.
 The plan DAG is the prefix tree of the plan: every state has one parent, so
 P_B = 1 and TB, DB, SubTB and FM all apply. After H tokens only the exit is
 allowed (fixed-length plans). A download token is valid while the video has
-chunks left after the downloads already in the plan; sleeps are always valid;
-at the first token this is exactly the observation's action mask.
+chunks left after the downloads already in the plan; sleeps are valid except
+as the first token while the playing video is stalled with chunks left
+(`sleep_allowed`: a dominated action; `sleep_while_stalled=True` lifts it), so
+the first token's mask is the observation's action mask less those sleeps.
 
 The controller is a frozen dataclass (static: hashable, a jit static argument)
 holding only settings; the network weights are bound with `bind(params)` inside
@@ -104,7 +106,11 @@ class PlanDAG(DAGEnv):
 
   def forward_mask(self, state, cond):
     left = cond["remaining"] - state.planned > 0
-    tokens = jnp.concatenate([jnp.repeat(left, self.levels), jnp.ones((self.num_sleeps,), bool)])
+    # A plan may not open with a sleep where the decision's `sleep_ok` is False
+    # (`sleep_allowed`: the playing video is stalled with chunks left to fetch).
+    sleep_ok = jnp.logical_or(state.length > 0, cond.get("sleep_ok", True))
+    tokens = jnp.concatenate([jnp.repeat(left, self.levels),
+                              jnp.broadcast_to(sleep_ok, (self.num_sleeps,))])
     open_ = state.length < self.horizon
     return jnp.concatenate([jnp.logical_and(tokens, open_), jnp.logical_not(open_)[None]])
 
@@ -382,10 +388,23 @@ def remaining_chunks(obs: Observation) -> jax.Array:
   return jnp.where(obs.slot_valid, obs.num_chunks - obs.chunks_downloaded, 0).astype(jnp.int32)
 
 
-def plan_cond(obs_features, weights, remaining) -> dict:
-  """The plan DAG's conditioning of one decision."""
+def sleep_allowed(obs: Observation) -> jax.Array:
+  """bool: False where the playing video is stalled (empty buffer) with chunks left.
+
+  There a sleep is strictly dominated: the trace cursor does not move during a
+  sleep (SIMULATOR.md 5.3) and a stalled player cannot reach the swipe (5.4), so
+  the session comes out of it unchanged but for sleep_ms more rebuffering, and
+  the same decision comes back. A controller whose scorer rates that sleep no
+  worse than a fetch can repeat it until the step limit; masking it rules that out.
+  """
+  stalled = obs.slot_valid[0] & (obs.buffer_ms[0] <= 0)
+  return ~(stalled & (obs.num_chunks[0] > obs.chunks_downloaded[0]))
+
+
+def plan_cond(obs_features, weights, remaining, sleep_ok=True) -> dict:
+  """The plan DAG's conditioning of one decision (`sleep_ok`: may the plan open with a sleep)."""
   return {"features": jnp.concatenate([obs_features, weight_features(weights)]),
-          "remaining": remaining}
+          "remaining": remaining, "sleep_ok": jnp.asarray(sleep_ok, bool)}
 
 
 def select_plan(key: jax.Array, env: FeedsEnv, obs: Observation, catalog: Catalog,
@@ -421,8 +440,8 @@ class Decision:
     components: float64 [K, 4] belief outcome components (zeros when K = 1).
     utilities: float64 [K] U_w of the candidates under the selection weights.
     best: int32, index of the executed candidate.
-    obs_features: float32 [F]; remaining: int32 [W]; weights: float64 [4] used to
-      condition and select.
+    obs_features: float32 [F]; remaining: int32 [W]; sleep_ok: bool; weights:
+      float64 [4] used to condition and select.
   """
 
   action_index: jax.Array
@@ -432,6 +451,7 @@ class Decision:
   best: jax.Array
   obs_features: jax.Array
   remaining: jax.Array
+  sleep_ok: jax.Array
   weights: jax.Array
 
 
@@ -454,6 +474,9 @@ class GFNController(Policy):
       "distinct_beam" (the same distribution drawn by stochastic beam search,
       `sample_distinct_plans_beam`: 1 + K (H - 1) network rows, any horizon; its
       random draws differ from "distinct"'s for the same key).
+    sleep_while_stalled: let plans open with a sleep while the playing video is
+      stalled with chunks left (False: masked, `sleep_allowed`; True: the
+      behaviour before the mask, kept for the ablation).
     network_params: the Flax parameters (bound with `bind`; not part of the hash).
   """
 
@@ -467,6 +490,7 @@ class GFNController(Policy):
   epsilon: float = 0.0
   temperature: float = 1.0
   candidates: str = "iid"
+  sleep_while_stalled: bool = False
   network_params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
   def __post_init__(self):
@@ -513,25 +537,24 @@ class GFNController(Policy):
     return jnp.asarray(obs.weights, jnp.float64)
 
   def candidate_plans(self, key: jax.Array, params, obs_features, weights,
-                      remaining) -> jax.Array:
+                      remaining, sleep_ok=True) -> jax.Array:
     """int32 [K, H]: the K candidate plans of one decision (`candidates` mode)."""
+    cond = plan_cond(obs_features, weights, remaining, sleep_ok)
     if self.candidates == "distinct":
-      cond = plan_cond(obs_features, weights, remaining)
       log_probs, plans = enumerate_plan_log_probs(self.dag, self.model.apply, params, cond,
                                                   self.epsilon, self.temperature)
       return sample_distinct_plans(key, log_probs, plans, self.num_candidates)
     if self.candidates == "distinct_beam":
-      cond = plan_cond(obs_features, weights, remaining)
       return sample_distinct_plans_beam(key, self.dag, self.model.apply, params, cond,
                                         self.num_candidates, self.epsilon, self.temperature)
-    traj = self.sample_plans(key, params, obs_features, weights, remaining)
+    traj = self.sample_plans(key, params, obs_features, weights, remaining, sleep_ok=sleep_ok)
     return traj.actions[:, :self.horizon]
 
   def sample_plans(self, key: jax.Array, params, obs_features, weights, remaining,
-                   num: Optional[int] = None) -> Trajectories:
+                   num: Optional[int] = None, sleep_ok=True) -> Trajectories:
     """`num` (default K) plan trajectories for one decision (ancestral, independent)."""
     num = self.num_candidates if num is None else num
-    cond = plan_cond(obs_features, weights, remaining)
+    cond = plan_cond(obs_features, weights, remaining, sleep_ok)
     cond = jax.tree.map(lambda c: jnp.broadcast_to(c, (num,) + c.shape), cond)
     return sample_trajectories(key, self.dag, self.model.apply, params, cond, num,
                                self.epsilon, self.temperature)
@@ -543,7 +566,8 @@ class GFNController(Policy):
     weights = self.selection_weights(obs) if weights is None else weights
     feats = observation_features(obs, catalog, self.belief)
     remaining = remaining_chunks(obs)
-    plans = self.candidate_plans(k_plan, params, feats, weights, remaining)
+    sleep_ok = jnp.asarray(True) if self.sleep_while_stalled else sleep_allowed(obs)
+    plans = self.candidate_plans(k_plan, params, feats, weights, remaining, sleep_ok)
     if self.num_candidates == 1:
       components = jnp.zeros((1, belief_lib.NUM_COMPONENTS), jnp.float64)
       utilities = jnp.zeros((1,), jnp.float64)
@@ -553,7 +577,7 @@ class GFNController(Policy):
                                                 weights, self.belief)
     return Decision(action_index=plans[best, 0], plans=plans, components=components,
                     utilities=utilities, best=best, obs_features=feats, remaining=remaining,
-                    weights=weights)
+                    sleep_ok=sleep_ok, weights=weights)
 
   # ------------------------------------------------------------- Policy interface
   def act(self, key, policy_state, obs, catalog):

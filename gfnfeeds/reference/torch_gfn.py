@@ -18,7 +18,8 @@ One update (`TorchReferenceTrainer.update`):
           preference features;
        b. K plans of H tokens sampled autoregressively with the torch network on
           the plan DAG (`PlanDAG`'s masks: a download token while its window slot
-          has chunks left after the plan's earlier downloads, sleeps always,
+          has chunks left after the plan's earlier downloads, sleeps except as
+          the first token while the playing video is stalled with chunks left,
           only the exit after H tokens; epsilon-uniform exploration, temperature).
           The network runs on all B x K rows of a rollout step at once, at each
           of the H + 1 plan states (exit included), as the JAX sampler does;
@@ -95,6 +96,7 @@ class TorchGFNSettings:
   epsilon: float = 0.05
   temperature: float = 1.0
   candidates: str = "iid"  # or "distinct": K different plans (GFNController.candidates)
+  sleep_while_stalled: bool = False  # GFNController.sleep_while_stalled
   # belief model
   num_scenarios: int = 8
   history: int = 5
@@ -152,6 +154,7 @@ class TorchGFNSettings:
                history_len=env.history_len, max_steps=env.max_steps, horizon=c.horizon,
                num_candidates=c.num_candidates, hidden=tuple(c.hidden), epsilon=c.epsilon,
                temperature=c.temperature, candidates=c.candidates,
+               sleep_while_stalled=c.sleep_while_stalled,
                num_scenarios=b.num_scenarios, history=b.history,
                prior_mbps=b.prior_mbps, prior_spread=b.prior_spread, min_spread=b.min_spread,
                max_spread=b.max_spread, belief_rtt_ms=b.rtt_ms,
@@ -273,6 +276,12 @@ class ObsView:
   def remaining(self) -> np.ndarray:
     """int [W]: chunks left per window slot (0 for empty slots)."""
     return np.where(self.slot_valid, self.num_chunks - self.chunks_downloaded, 0)
+
+  def sleep_allowed(self) -> bool:
+    """`gfnfeeds.policies.gfn.sleep_allowed`: False while the playing video is stalled
+    with chunks left."""
+    stalled = bool(self.slot_valid[0]) and self.buffer_ms[0] <= 0
+    return not (stalled and self.num_chunks[0] > self.chunks_downloaded[0])
 
 
 def _normal_quantiles(m: int) -> np.ndarray:
@@ -647,12 +656,13 @@ def plan_features(tokens, length, s: TorchGFNSettings):
                     torch.nn.functional.one_hot(length, s.horizon + 1).float()], dim=1)
 
 
-def forward_mask(remaining, planned, length, s: TorchGFNSettings):
-  """bool [B, A]: `PlanDAG.forward_mask`."""
+def forward_mask(remaining, planned, length, sleep_ok, s: TorchGFNSettings):
+  """bool [B, A]: `PlanDAG.forward_mask` (sleep_ok bool [B]: may a plan open with a sleep)."""
   b = remaining.shape[0]
   open_ = (length < s.horizon).unsqueeze(1)
   left = (remaining - planned > 0).repeat_interleave(s.levels, dim=1)
-  tokens = torch.cat([left, torch.ones((b, len(s.sleep_choices_ms)), dtype=torch.bool)], dim=1)
+  sleeps = ((length > 0) | sleep_ok).unsqueeze(1).expand(b, len(s.sleep_choices_ms))
+  tokens = torch.cat([left, sleeps], dim=1)
   return torch.cat([tokens & open_, ~open_], dim=1)
 
 
@@ -690,8 +700,8 @@ class TorchReferenceTrainer:
     self.decisions = 0
 
   # --------------------------------------------------------- sampling
-  def sample_plans(self, cond, remaining):
-    """int [B, H] plans for cond [B, C], remaining [B, W] (no gradient)."""
+  def sample_plans(self, cond, remaining, sleep_ok):
+    """int [B, H] plans for cond [B, C], remaining [B, W], sleep_ok [B] (no gradient)."""
     s = self.s
     b = cond.shape[0]
     tokens = torch.full((b, s.horizon), -1, dtype=torch.long)
@@ -703,7 +713,7 @@ class TorchReferenceTrainer:
         logits = self.net(plan_features(tokens, length, s), cond)
         if t == s.horizon:
           break  # only the exit is allowed after H tokens (log P = 0)
-        mask = forward_mask(remaining, planned, length, s)
+        mask = forward_mask(remaining, planned, length, sleep_ok, s)
         probs = exploration_probs(logits, mask, s)
         action = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
         tokens[:, t] = action
@@ -712,9 +722,9 @@ class TorchReferenceTrainer:
         planned[is_dl, slot_of[action[is_dl]]] += 1
     return tokens.numpy()
 
-  def enumerate_plans(self, cond, remaining):
+  def enumerate_plans(self, cond, remaining, sleep_ok):
     """(log-probs [B, T^H] of the exploring sampler, -inf off the masks; plans int [B, T^H, H])
-    for cond [B, C], remaining [B, W]: the network on every prefix, as
+    for cond [B, C], remaining [B, W], sleep_ok [B]: the network on every prefix, as
     `gfnfeeds.policies.gfn.enumerate_plan_log_probs` (same plan order)."""
     s = self.s
     b, t, h = cond.shape[0], s.num_tokens, s.horizon
@@ -732,7 +742,7 @@ class TorchReferenceTrainer:
         logits = self.net(plan_features(tokens.reshape(b * p, h), length, s),
                           cond.repeat_interleave(p, dim=0))
         mask = forward_mask(remaining.repeat_interleave(p, dim=0), planned.reshape(b * p, -1),
-                            length, s)
+                            length, sleep_ok.repeat_interleave(p, dim=0), s)
         step = torch.log(exploration_probs(logits, mask, s))[:, :t]
         log_p = (log_p[:, :, None] + step.reshape(b, p, t)).reshape(b, p * t)
         tokens = tokens[:, :, None].repeat(1, 1, t, 1)
@@ -741,11 +751,11 @@ class TorchReferenceTrainer:
         planned = (planned[:, :, None] + hit).reshape(b, p * t, s.window)
     return log_p, tokens
 
-  def sample_distinct_plans(self, cond, remaining):
+  def sample_distinct_plans(self, cond, remaining, sleep_ok):
     """int [B, K, H]: K different plans per decision drawn without replacement (Gumbel-top-K
     over `enumerate_plans`; rows past the allowed plans repeat the first draw)."""
     k, h = self.s.num_candidates, self.s.horizon
-    log_p, tokens = self.enumerate_plans(cond, remaining)
+    log_p, tokens = self.enumerate_plans(cond, remaining, sleep_ok)
     gumbel = -torch.log(-torch.log(torch.rand(log_p.shape, generator=self.gen)))
     values, index = torch.topk(log_p + gumbel, k, dim=1)
     index = torch.where(torch.isfinite(values), index, index[:, :1])
@@ -755,7 +765,7 @@ class TorchReferenceTrainer:
   def rollout(self):
     s, data = self.s, self.data
     k = s.num_candidates
-    store = dict(obs=[], weights=[], remaining=[], plans=[], components=[])
+    store = dict(obs=[], weights=[], remaining=[], sleep_ok=[], plans=[], components=[])
     rewards = []
     for _ in range(s.rollout_steps):
       views = [sess.view() for sess in self.sessions]
@@ -763,12 +773,15 @@ class TorchReferenceTrainer:
       feats = np.stack([observation_features_np(v, data, s, bw) for v, bw in zip(views, bws)])
       weights = np.stack([v.weights for v in views])
       remaining = np.stack([v.remaining() for v in views])
+      sleep_ok = np.asarray([s.sleep_while_stalled or v.sleep_allowed() for v in views])
       cond = np.concatenate([feats, weight_features_np(weights)], axis=1)
       if s.candidates == "distinct":
-        plans = self.sample_distinct_plans(torch.as_tensor(cond), torch.as_tensor(remaining))
+        plans = self.sample_distinct_plans(torch.as_tensor(cond), torch.as_tensor(remaining),
+                                           torch.as_tensor(sleep_ok))
       else:
         plans = self.sample_plans(torch.as_tensor(np.repeat(cond, k, axis=0)),
-                                  torch.as_tensor(np.repeat(remaining, k, axis=0)))
+                                  torch.as_tensor(np.repeat(remaining, k, axis=0)),
+                                  torch.as_tensor(np.repeat(sleep_ok, k, axis=0)))
         plans = plans.reshape(len(views), k, s.horizon)
       comps = np.zeros((len(views), k, 4))
       for i, (sess, view, bw) in enumerate(zip(self.sessions, views, bws)):
@@ -784,7 +797,7 @@ class TorchReferenceTrainer:
           self.sessions[i] = LiveSession(self.rng, data, s)
       self.decisions += len(views)
       for key, val in (("obs", feats), ("weights", weights), ("remaining", remaining),
-                       ("plans", plans), ("components", comps)):
+                       ("sleep_ok", sleep_ok), ("plans", plans), ("components", comps)):
         store[key].append(val)
     return {key: np.concatenate(val) for key, val in store.items()}, float(np.mean(rewards))
 
@@ -806,6 +819,8 @@ class TorchReferenceTrainer:
     remaining = torch.as_tensor(np.broadcast_to(batch["remaining"][:, None, None],
                                                 (n, groups, k, s.window))
                                 .reshape(rows, s.window).astype(np.int64))
+    sleep_ok = torch.as_tensor(np.broadcast_to(batch["sleep_ok"][:, None, None], (n, groups, k))
+                               .reshape(rows))
     # States s_0 .. s_H of every plan (teacher forcing), then one network call on all of them.
     feats, masks, actions = [], [], []
     tokens = torch.full((rows, h), -1, dtype=torch.long)
@@ -814,7 +829,7 @@ class TorchReferenceTrainer:
     for t in range(h + 1):
       length = torch.full((rows,), t, dtype=torch.long)
       feats.append(plan_features(tokens, length, s))
-      masks.append(forward_mask(remaining, planned, length, s))
+      masks.append(forward_mask(remaining, planned, length, sleep_ok, s))
       if t == h:
         actions.append(torch.full((rows,), exit_action, dtype=torch.long))
         break

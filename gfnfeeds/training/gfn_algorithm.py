@@ -32,7 +32,8 @@ def controller_from_config(config: ml_collections.ConfigDict, env: FeedsEnv) -> 
                        belief=belief, hidden=tuple(int(h) for h in g.hidden),
                        flow_head=g.loss != "tb", epsilon=float(g.epsilon),
                        temperature=float(g.temperature),
-                       candidates=str(g.get("candidates", "iid")))
+                       candidates=str(g.get("candidates", "iid")),
+                       sleep_while_stalled=bool(g.get("sleep_while_stalled", False)))
 
 
 def settings_from_config(config: ml_collections.ConfigDict,
@@ -70,6 +71,7 @@ def save_controller(directory: str, controller: GFNController, params, loss: str
       "loss": loss, "horizon": controller.horizon, "num_candidates": controller.num_candidates,
       "hidden": list(controller.hidden), "flow_head": controller.flow_head,
       "candidates": controller.candidates,
+      "sleep_while_stalled": controller.sleep_while_stalled,
       "belief": dataclasses.asdict(controller.belief)}, params)
 
 
@@ -85,5 +87,6 @@ def load_controller(directory: str, env: FeedsEnv) -> tuple[GFNController, objec
                              num_candidates=int(spec["num_candidates"]),
                              belief=BeliefConfig(**spec["belief"]),
                              hidden=tuple(spec["hidden"]), flow_head=bool(spec["flow_head"]),
-                             candidates=str(spec.get("candidates", "iid")))
+                             candidates=str(spec.get("candidates", "iid")),
+                             sleep_while_stalled=bool(spec.get("sleep_while_stalled", False)))
   return controller, restore_params(directory, controller.init_params(jax.random.PRNGKey(0)))

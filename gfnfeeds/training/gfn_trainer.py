@@ -154,6 +154,7 @@ def make_update(settings: GFNTrainSettings) -> Callable:
                                                              axis=1)),
                    mean_utility=jnp.mean(dec.utilities))
       data = dict(obs_features=dec.obs_features, weights=dec.weights, remaining=dec.remaining,
+                  sleep_ok=dec.sleep_ok,
                   plans=dec.plans, components=dec.components)
       return (obs, env_state), (data, stats)
 
@@ -184,7 +185,7 @@ def make_update(settings: GFNTrainSettings) -> Callable:
     cond = jax.vmap(plan_cond)(expand(data["obs_features"]),
                                jnp.broadcast_to(weights[:, :, None], (n, groups, k, 4)
                                                 ).reshape(-1, 4),
-                               expand(data["remaining"]))
+                               expand(data["remaining"]), expand(data["sleep_ok"]))
     plans = jnp.broadcast_to(data["plans"][:, None], (n, groups, k, horizon)).reshape(-1, horizon)
     actions = jnp.concatenate([plans, jnp.full((plans.shape[0], 1), exit_action, jnp.int32)],
                               axis=1)
