@@ -115,7 +115,6 @@ def test_sleep_is_masked_while_the_playing_video_is_stalled(default_data):
     assert np.asarray(dec.sleep_ok).tolist() == [sleeps_allowed] * 64
 
 
-
 @pytest.mark.parametrize("env_name", ["hypergrid", "plan"])
 def test_replay_equals_sampling(env_name, default_data):
   key = jax.random.PRNGKey(3)
