@@ -97,11 +97,11 @@ def build_sessions(env: FeedsEnv, videos: Sequence[Video], catalog: Catalog,
     video_ids = np.asarray(draw(jax.vmap(lambda i: jax.random.fold_in(k_vid, i))(idx)))
 
   if kind in ("sampled", "sampled_per_session"):
-    if kind == "sampled":
-      user_keys = jax.vmap(lambda u: jax.random.fold_in(k_user, u))(user_index)
-    else:  # a stream apart from the shared users' keys, one key per session
-      k_each = jax.random.split(k_user)[0]
-      user_keys = jax.vmap(lambda i: jax.random.fold_in(k_each, i))(idx)
+    # sampled: one key per user, shared by its sessions; per session: one key per
+    # session, from a stream apart from the shared users' keys.
+    base, index = ((k_user, user_index) if kind == "sampled"
+                   else (jax.random.split(k_user)[0], idx))
+    user_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
     watch = np.asarray(jax.vmap(sample_watch_ms, in_axes=(0, None, 0))(
         user_keys, catalog, jnp.asarray(video_ids)))
   else:

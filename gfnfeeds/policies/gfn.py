@@ -397,8 +397,7 @@ def sleep_allowed(obs: Observation) -> jax.Array:
   the same decision comes back. A controller whose scorer rates that sleep no
   worse than a fetch can repeat it until the step limit; masking it rules that out.
   """
-  stalled = obs.slot_valid[0] & (obs.buffer_ms[0] <= 0)
-  return ~(stalled & (obs.num_chunks[0] > obs.chunks_downloaded[0]))
+  return ~((obs.buffer_ms[0] <= 0) & (remaining_chunks(obs)[0] > 0))
 
 
 def plan_cond(obs_features, weights, remaining, sleep_ok=True) -> dict:

@@ -280,8 +280,7 @@ class ObsView:
   def sleep_allowed(self) -> bool:
     """`gfnfeeds.policies.gfn.sleep_allowed`: False while the playing video is stalled
     with chunks left."""
-    stalled = bool(self.slot_valid[0]) and self.buffer_ms[0] <= 0
-    return not (stalled and self.num_chunks[0] > self.chunks_downloaded[0])
+    return not (self.buffer_ms[0] <= 0 and self.remaining()[0] > 0)
 
 
 def _normal_quantiles(m: int) -> np.ndarray:
