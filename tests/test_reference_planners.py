@@ -143,6 +143,27 @@ def test_random_shooting_vmap_equals_single_and_runs_in_sessions(default_data, p
   assert made.env == ENV and made.num_candidates == 3 and made.horizon == 2
 
 
+def test_random_shooting_is_the_gfn_controller_but_for_the_sampler(params):
+  """Its defaults are the GFlowNet config's (K, H, the belief model, the stalled-sleep mask), and
+  at a stalled start no plan opens with a sleep unless `sleep_while_stalled`."""
+  from experiments.configs import gfn as gfn_config
+  from gfnfeeds.training.gfn_algorithm import controller_from_config
+  ctrl = controller_from_config(gfn_config.get_config(), ENV)
+  shooter = RandomShootingMPC(env=ENV)
+  assert shooter.belief == ctrl.belief
+  assert (shooter.horizon, shooter.num_candidates, shooter.sleep_while_stalled) == (
+      ctrl.horizon, ctrl.num_candidates, ctrl.sleep_while_stalled)
+  first, _ = ENV.reset(jax.random.PRNGKey(0), params)  # startup: stalled, chunks left
+  sleep = ENV.window * ENV.num_levels_hint
+  keys = jax.random.split(jax.random.PRNGKey(1), 8)
+  for policy, sleeps_allowed in ((rs(num_candidates=16), False),
+                                 (rs(num_candidates=16, sleep_while_stalled=True), True)):
+    _, plans, _ = jax.jit(jax.vmap(policy.decide, in_axes=(0, None, None)))(
+        keys, first, params.catalog)
+    assert bool((np.asarray(plans)[..., 0] == sleep).any()) == sleeps_allowed
+    assert bool((np.asarray(plans)[..., 1] == sleep).any())  # later sleeps stay open
+
+
 # ----------------------------------------------------------------- the oracle
 @pytest.fixture(scope="module")
 def short_sessions(default_data):
@@ -178,7 +199,8 @@ def test_oracle_is_never_beaten(short_sessions):
   scores = {}
   for name in ("no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w",
                "random_shooting", "gfn", "dam", "incendio"):
-    overrides = {"num_candidates": 4} if name == "random_shooting" else {}
+    overrides = ({"num_candidates": 4, "belief.num_scenarios": 8} if name == "random_shooting"
+                 else {})
     policy, pp = load_policy(name, SHORT_ENV, **overrides)
     scores[name] = evaluation.run_sessions(SHORT_ENV, policy, params, table, seed=0,
                                            policy_params=pp)["score"]

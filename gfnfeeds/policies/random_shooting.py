@@ -8,9 +8,10 @@ the tokens the plan DAG allows after the prefix: the same masks as the GFlowNet'
 them with the GFlowNet controller's own belief model and selector
 (`gfnfeeds.policies.gfn.select_plan`: M belief scenarios built from the
 Observation and the Catalog only, FeedsEnv's own step, U_w = w . components) and
-executes the first token of the best plan. Same K x M evaluation budget as the
-GFlowNet controller (defaults K=10, H=2, M=8 as experiments/configs/gfn.py),
-personalized: w is the user's (obs.weights).
+executes the first token of the best plan. Its defaults are the GFlowNet controller's
+(experiments/configs/gfn.py: K=10, H=2, M=16 scenarios with the non-clairvoyant swipe in
+the continuation, no plan opening with a sleep while stalled), so that the learned
+sampler is the only difference; personalized: w is the user's (obs.weights).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from gfnfeeds.env.feeds import FeedsEnv
 from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.base import Policy
-from gfnfeeds.policies.gfn import PlanDAG, remaining_chunks, select_plan
+from gfnfeeds.policies.gfn import PlanDAG, remaining_chunks, select_plan, sleep_allowed
 
 
 def plan_dag(env: FeedsEnv, horizon: int) -> PlanDAG:
@@ -33,7 +34,7 @@ def plan_dag(env: FeedsEnv, horizon: int) -> PlanDAG:
 
 
 def uniform_valid_plans(key: jax.Array, dag: PlanDAG, remaining: jax.Array,
-                        num: int) -> jax.Array:
+                        num: int, sleep_ok=True) -> jax.Array:
   """int32 [num, H]: plans whose every token is uniform over the DAG's valid next tokens.
 
   Args:
@@ -41,8 +42,10 @@ def uniform_valid_plans(key: jax.Array, dag: PlanDAG, remaining: jax.Array,
     dag: the plan DAG (its forward mask defines validity).
     remaining: int32 [W] chunks left per window slot (`remaining_chunks(obs)`).
     num: K, the number of plans.
+    sleep_ok: bool, may a plan open with a sleep (`sleep_allowed(obs)`).
   """
-  cond = {"features": jnp.zeros((0,), jnp.float32), "remaining": remaining}
+  cond = {"features": jnp.zeros((0,), jnp.float32), "remaining": remaining,
+          "sleep_ok": jnp.asarray(sleep_ok, bool)}
 
   def one(k):
     def body(state, kk):
@@ -65,12 +68,17 @@ class RandomShootingMPC(Policy):
     horizon: H, decisions per plan.
     num_candidates: K plans per decision.
     belief: the belief model's settings (M = belief.num_scenarios), the GFlowNet's defaults.
+    sleep_while_stalled: True lets a plan open with a sleep while the playing video is
+      stalled with chunks left (a dominated action the GFlowNet controller masks too).
   """
 
   env: FeedsEnv = FeedsEnv()
   horizon: int = 2
   num_candidates: int = 10
-  belief: belief_lib.BeliefConfig = belief_lib.BeliefConfig()
+  # experiments/configs/gfn.py's belief (a test keeps them equal).
+  belief: belief_lib.BeliefConfig = belief_lib.BeliefConfig(num_scenarios=16,
+                                                            swipe_in_flight=True)
+  sleep_while_stalled: bool = False
 
   def __post_init__(self):
     if self.horizon < 1 or self.num_candidates < 1:
@@ -81,8 +89,9 @@ class RandomShootingMPC(Policy):
     """(action index int32, plans int32 [K, H], utilities float64 [K]) of one decision."""
     k_plan, k_belief = jax.random.split(key)
     weights = jnp.asarray(obs.weights, jnp.float64)
+    sleep_ok = jnp.asarray(True) if self.sleep_while_stalled else sleep_allowed(obs)
     plans = uniform_valid_plans(k_plan, plan_dag(self.env, self.horizon),
-                                remaining_chunks(obs), self.num_candidates)
+                                remaining_chunks(obs), self.num_candidates, sleep_ok)
     _, utilities, best = select_plan(k_belief, self.env, obs, catalog, plans, weights,
                                      self.belief)
     return plans[best, 0], plans, utilities
