@@ -6,7 +6,7 @@ r"""GFlowNet speed: gfnfeeds (JAX) against PyTorch peers on the same machine.
 Suites: `hypergrid`, `feeds` and `latency` (`all`, the default, runs the three).
 
 Suite `feeds`: training throughput of the feeds GFlowNet controller with the
-training config experiments/configs/gfn.py (H=2, K=10, M=8, MLP 2 x 256,
+training config experiments/configs/gfn.py (H=2, K=10 distinct plans, M=16, MLP 2 x 256,
 32 sessions x 8 rollout steps per update, relabel 1, TB), data --network and
 --videos, sampled preferences, random trace offsets (as `experiments.train`).
 gfnfeeds: the jitted fused training chunk (`gfn_trainer.make_train_chunk`,

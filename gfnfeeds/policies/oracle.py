@@ -49,7 +49,7 @@ the best base).
 
 Budget. Per decision 2 + H + (2 + H) A = 102 exact simulations of the rest of
 the session: for a session of D decisions about 51 D^2 environment steps (D =
-150: ~1.1M steps), orders of magnitude more than the GFlowNet's K x M = 80
+150: ~1.1M steps), orders of magnitude more than the GFlowNet's K x M = 160
 belief simulations of H = 2 decisions. The base rollouts cost one evaluation of each base
 policy. Invalid actions are never executed: a stored action that is invalid
 when its turn comes (the environment would run it as a counted sleep of
