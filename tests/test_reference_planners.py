@@ -199,8 +199,9 @@ def test_oracle_is_never_beaten(short_sessions):
   scores = {}
   for name in ("no_save", "fixed_preload", "mpc_fixed_preload", "pdas", "pdas_w",
                "random_shooting", "gfn", "dam", "incendio"):
-    overrides = ({"num_candidates": 4, "belief.num_scenarios": 8} if name == "random_shooting"
-                 else {})
+    # Random shooting with its pre-session-12 belief: the check holds for any, this one is cheaper.
+    overrides = ({"num_candidates": 4, "belief.num_scenarios": 8, "belief.swipe_in_flight": False}
+                 if name == "random_shooting" else {})
     policy, pp = load_policy(name, SHORT_ENV, **overrides)
     scores[name] = evaluation.run_sessions(SHORT_ENV, policy, params, table, seed=0,
                                            policy_params=pp)["score"]
