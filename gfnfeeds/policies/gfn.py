@@ -400,6 +400,11 @@ def sleep_allowed(obs: Observation) -> jax.Array:
   return ~((obs.buffer_ms[0] <= 0) & (remaining_chunks(obs)[0] > 0))
 
 
+def opening_sleep_ok(obs: Observation, sleep_while_stalled: bool) -> jax.Array:
+  """bool: may a plan open with a sleep (`sleep_allowed`, or always with `sleep_while_stalled`)."""
+  return jnp.asarray(True) if sleep_while_stalled else sleep_allowed(obs)
+
+
 def plan_cond(obs_features, weights, remaining, sleep_ok=True) -> dict:
   """The plan DAG's conditioning of one decision (`sleep_ok`: may the plan open with a sleep)."""
   return {"features": jnp.concatenate([obs_features, weight_features(weights)]),
@@ -565,7 +570,7 @@ class GFNController(Policy):
     weights = self.selection_weights(obs) if weights is None else weights
     feats = observation_features(obs, catalog, self.belief)
     remaining = remaining_chunks(obs)
-    sleep_ok = jnp.asarray(True) if self.sleep_while_stalled else sleep_allowed(obs)
+    sleep_ok = opening_sleep_ok(obs, self.sleep_while_stalled)
     plans = self.candidate_plans(k_plan, params, feats, weights, remaining, sleep_ok)
     if self.num_candidates == 1:
       components = jnp.zeros((1, belief_lib.NUM_COMPONENTS), jnp.float64)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from gfnfeeds.env.feeds import FeedsEnv
 from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.base import Policy
-from gfnfeeds.policies.gfn import PlanDAG, remaining_chunks, select_plan, sleep_allowed
+from gfnfeeds.policies.gfn import PlanDAG, opening_sleep_ok, remaining_chunks, select_plan
 
 
 def plan_dag(env: FeedsEnv, horizon: int) -> PlanDAG:
@@ -42,7 +42,7 @@ def uniform_valid_plans(key: jax.Array, dag: PlanDAG, remaining: jax.Array,
     dag: the plan DAG (its forward mask defines validity).
     remaining: int32 [W] chunks left per window slot (`remaining_chunks(obs)`).
     num: K, the number of plans.
-    sleep_ok: bool, may a plan open with a sleep (`sleep_allowed(obs)`).
+    sleep_ok: bool, may a plan open with a sleep (`opening_sleep_ok`).
   """
   cond = {"features": jnp.zeros((0,), jnp.float32), "remaining": remaining,
           "sleep_ok": jnp.asarray(sleep_ok, bool)}
@@ -89,9 +89,9 @@ class RandomShootingMPC(Policy):
     """(action index int32, plans int32 [K, H], utilities float64 [K]) of one decision."""
     k_plan, k_belief = jax.random.split(key)
     weights = jnp.asarray(obs.weights, jnp.float64)
-    sleep_ok = jnp.asarray(True) if self.sleep_while_stalled else sleep_allowed(obs)
     plans = uniform_valid_plans(k_plan, plan_dag(self.env, self.horizon),
-                                remaining_chunks(obs), self.num_candidates, sleep_ok)
+                                remaining_chunks(obs), self.num_candidates,
+                                opening_sleep_ok(obs, self.sleep_while_stalled))
     _, utilities, best = select_plan(k_belief, self.env, obs, catalog, plans, weights,
                                      self.belief)
     return plans[best, 0], plans, utilities
