@@ -22,6 +22,13 @@ simulator (same network, TB loss, K plans x M belief scenarios x H steps +
 terminal term per decision, same batch), --torch_updates timed updates after
 --torch_warmup untimed ones (median), for each of --torch_threads (0 = all
 cores), the fastest reported. ratio = jax / torch decisions/s.
+Breakdown (`phases`; --feeds_phase_repeats, 0 skips it): milliseconds per update
+of each phase on both sides: proposal (features, plan sampling), scoring (belief
+scenarios, K x M plan runs, argmax), environment (the live sessions' steps),
+rollout (the three), learning (relabelling, loss, gradient, optimizer step) and
+the whole update. JAX times each phase as its own compiled program on one
+update's decisions (`time_feeds_phases_jax`); the torch reference times its own
+phases inside the timed updates (`TorchReferenceTrainer.phase_s`).
 
 Suite `latency`: `make_server(controller)` with untrained parameters (latency
 does not depend on the weights) and serving exploration (epsilon 0), for each
@@ -120,6 +127,8 @@ flags.DEFINE_integer("feeds_horizon", None, "plan horizon H of the benchmarked c
 flags.DEFINE_integer("feeds_repeats", 5, "timed JAX calls (median reported)")
 flags.DEFINE_list("feeds_placements", ["single", "sharded"],
                   "JAX session placements measured: single device, sharded over local devices")
+flags.DEFINE_integer("feeds_phase_repeats", 20, "timed calls per phase of the update's "
+                     "breakdown (median; 0 skips the breakdown)")
 flags.DEFINE_integer("torch_updates", 3, "timed torch reference updates (median reported)")
 flags.DEFINE_integer("torch_warmup", 1, "untimed torch reference updates first")
 flags.DEFINE_list("torch_threads", ["1", "0"], "torch thread counts tried (0 = all cores)")
@@ -483,6 +492,69 @@ def time_feeds_jax(settings, env_params, placement: str = "single", repeats: int
           "last_loss": float(np.asarray(metrics["loss"])[0, -1])}
 
 
+def _time_compiled(fn, args, repeats: int) -> dict:
+  """Compile `fn` ahead of time for `args`, one untimed call, then the median of `repeats`."""
+  t0 = time.perf_counter()
+  run = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  out = jax.block_until_ready(run(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(*args))
+    times.append(time.perf_counter() - t0)
+  return {"ms": 1e3 * float(np.median(times)), "compile_s": compile_s, "out": out}
+
+
+def time_feeds_phases_jax(settings, env_params, repeats: int = 20, seed: int = 0) -> dict:
+  """Milliseconds per update of each phase of the update, each compiled and timed on its own
+  (one XLA device), on one update's worth of decisions (num_sessions x rollout_steps).
+
+  proposal: `GFNController.propose` (features, plan sampling) for that many
+  observations at once, taken a few decisions into sampled sessions; scoring:
+  `select_plan` (belief scenarios, K x M plan runs, argmax) on those plans;
+  rollout: the update's rollout (proposal, scoring and the environment's steps,
+  rollout_steps x num_sessions); environment: rollout - proposal - scoring
+  (derived); learning: relabelling, loss, gradient and the optimizer step on
+  that rollout's data. They add up to about one fused update, not exactly: the
+  fused chunk overlaps and fuses across them.
+  """
+  from gfnfeeds.policies.gfn import select_plan
+  from gfnfeeds.training import gfn_trainer
+  ctrl = settings.controller
+  env, catalog = ctrl.env, env_params.catalog
+  phases = gfn_trainer.make_update_phases(settings)
+  key = jax.random.PRNGKey(seed)
+  state = gfn_trainer.init_train_state(key, settings, env_params)
+  n = settings.num_sessions * settings.rollout_steps
+  obs, _ = serving_inputs(env, env_params, n, seed)
+  keys = jax.random.split(jax.random.fold_in(key, 1), n)
+
+  def propose(keys, params, obs, catalog):
+    return jax.vmap(ctrl.propose, in_axes=(0, None, 0, None))(keys, params, obs, catalog)
+
+  def score(keys, obs, plans, weights, catalog):
+    return jax.vmap(lambda k, o, p, w: select_plan(k, env, o, catalog, p, w, ctrl.belief))(
+        keys, obs, plans, weights)
+
+  proposal = _time_compiled(propose, (keys, state.params, obs, catalog), repeats)
+  plans, weights = proposal["out"].plans, proposal["out"].weights
+  scoring = _time_compiled(score, (keys, obs, plans, weights, catalog), repeats)
+  rollout = _time_compiled(phases.rollout, (state.params, state.obs, state.env_state, key,
+                                            env_params), repeats)
+  data = rollout["out"][2]
+  learning = _time_compiled(phases.learn, (state.params, state.opt_state, data, key, env_params),
+                            repeats)
+  ms = {"proposal": proposal["ms"], "scoring": scoring["ms"],
+        "environment": rollout["ms"] - proposal["ms"] - scoring["ms"],
+        "rollout": rollout["ms"], "learning": learning["ms"]}
+  compile_s = {name: t["compile_s"] for name, t in
+               (("proposal", proposal), ("scoring", scoring), ("rollout", rollout),
+                ("learning", learning))}
+  return {"ms_per_update": ms, "compile_s": compile_s, "repeats": repeats,
+          "decisions": n}
+
+
 def time_feeds_torch(settings, env_params, updates: int = 3, warmup: int = 1, threads: int = 0,
                      seed: int = 0) -> dict:
   """Decisions/s of the PyTorch + reference-simulator training step (same settings)."""
@@ -492,15 +564,21 @@ def time_feeds_torch(settings, env_params, updates: int = 3, warmup: int = 1, th
   load_before = _load()
   for _ in range(warmup):
     trainer.update()
-  times, last = [], {}
+  times, last, phases = [], {}, {name: [] for name in torch_gfn.PHASES}
   for _ in range(updates):
+    before = dict(trainer.phase_s)
     t0 = time.perf_counter()
     last = trainer.update()
     times.append(time.perf_counter() - t0)
+    for name in torch_gfn.PHASES:
+      phases[name].append(trainer.phase_s[name] - before[name])
   med = float(np.median(times))
   decisions = ts.num_sessions * ts.rollout_steps
+  phase_ms = {name: 1e3 * float(np.median(v)) for name, v in phases.items()}
+  phase_ms["rollout"] = phase_ms["proposal"] + phase_ms["scoring"] + phase_ms["environment"]
   return {"threads": torch_gfn.torch.get_num_threads(), "decisions_per_s": decisions / med,
           "update_s_median": med, "update_s": times, "decisions_per_update": decisions,
+          "phase_ms_per_update": phase_ms,
           "updates_timed": updates, "warmup_updates": warmup,
           "load_avg_1min_before_after": [load_before, _load()], "last_loss": last.get("loss")}
 
@@ -516,10 +594,30 @@ def torch_skip_reason(settings, peer: bool = True) -> str | None:
   return torch_gfn.torch_missing()
 
 
+PHASE_ROWS = ("proposal", "scoring", "environment", "rollout", "learning", "update")
+
+
+def phase_table(jax_ms: dict, torch_ms: dict | None) -> list[dict]:
+  """Rows {phase, jax_ms_per_update, torch_ms_per_update, ratio} in PHASE_ROWS order."""
+  rows = []
+  for name in PHASE_ROWS:
+    j = jax_ms[name]
+    t = None if torch_ms is None else torch_ms[name]
+    rows.append({"phase": name, "jax_ms_per_update": j, "torch_ms_per_update": t,
+                 "ratio": None if t is None or j <= 0 else t / j})
+  return rows
+
+
 def run_feeds(settings, env_params, placements=("single", "sharded"), repeats: int = 5,
               torch_updates: int = 3, torch_warmup: int = 1, torch_threads=(1, 0), seed: int = 0,
-              peer: bool = True, log=print) -> dict:
-  """The feeds training-throughput suite; returns the JSON-ready `feeds` dict."""
+              peer: bool = True, log=print, phase_repeats: int = 20) -> dict:
+  """The feeds training-throughput suite; returns the JSON-ready `feeds` dict.
+
+  With `phase_repeats` > 0 it also times each phase of the update on its own
+  (`time_feeds_phases_jax`, the torch reference's `phase_s`): `phases` rows of
+  milliseconds per update on both sides, "update" being the whole update as timed
+  above (JAX: the fastest placement's fused call / updates per call).
+  """
   k, groups = settings.controller.num_candidates, 1 + settings.relabel
   modes = []
   for placement in placements:
@@ -536,10 +634,20 @@ def run_feeds(settings, env_params, placements=("single", "sharded"), repeats: i
          "ratio": None, "jax": modes, "torch": [],
          "settings": describe_settings(settings),
          "candidate_trajectories_per_decision": k * groups}
+  jax_phases = None
+  if phase_repeats > 0:
+    jax_phases = time_feeds_phases_jax(settings, env_params, phase_repeats, seed)
+    jax_phases["ms_per_update"]["update"] = (1e3 * best["call_s_median"]
+                                             / best["updates_per_call"])
+    out["jax_phases"] = jax_phases
+    log("jax   phases (ms per update): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in jax_phases["ms_per_update"].items()))
   reason = torch_skip_reason(settings, peer)
   if reason:
     log(f"torch reference SKIPPED ({reason})")
     out["torch_skipped_reason"] = reason
+    if jax_phases:
+      out["phases"] = phase_table(jax_phases["ms_per_update"], None)
     return out
   for threads in torch_threads:
     t = time_feeds_torch(settings, env_params, torch_updates, torch_warmup, int(threads), seed)
@@ -553,6 +661,9 @@ def run_feeds(settings, env_params, placements=("single", "sharded"), repeats: i
              ratio=best["decisions_per_s"] / tbest["decisions_per_s"],
              torch_versions=torch_versions())
   log(f"feeds: jax / torch reference = {out['ratio']:.1f}x decisions/s")
+  if jax_phases:
+    torch_ms = dict(tbest["phase_ms_per_update"], update=1e3 * tbest["update_s_median"])
+    out["phases"] = phase_table(jax_phases["ms_per_update"], torch_ms)
   return out
 
 
@@ -641,6 +752,12 @@ def print_feeds_table(feeds: dict, latency: list | None) -> None:
     print(f"| candidate trajectories/s | {feeds['jax_candidate_trajectories_per_s']:,.0f} | "
           f"{fmt(feeds['torch_candidate_trajectories_per_s'], ',.0f')} | "
           f"{fmt(feeds['ratio'], '.1f')} |")
+  if feeds and feeds.get("phases"):
+    print("| phase (ms per update) | jax | torch reference | ratio |")
+    print("|---|---|---|---|")
+    for r in feeds["phases"]:
+      print(f"| {r['phase']} | {r['jax_ms_per_update']:.1f} | "
+            f"{fmt(r['torch_ms_per_update'], ',.1f')} | {fmt(r['ratio'], '.1f')} |")
   if latency:
     print("| batch | p50 ms | p99 ms | decisions/s | calls |")
     print("|---|---|---|---|---|")
@@ -678,7 +795,8 @@ def main(argv):
   if "feeds" in suites:
     result["feeds"] = run_feeds(settings, env_params, FLAGS.feeds_placements, FLAGS.feeds_repeats,
                                 FLAGS.torch_updates, FLAGS.torch_warmup,
-                                [int(t) for t in FLAGS.torch_threads], FLAGS.seed, True, log)
+                                [int(t) for t in FLAGS.torch_threads], FLAGS.seed, True, log,
+                                FLAGS.feeds_phase_repeats)
   if "latency" in suites:
     result["latency"] = run_latency(settings, env_params, [int(b) for b in FLAGS.latency_batches],
                                     FLAGS.latency_calls, FLAGS.latency_budget_s,

@@ -61,7 +61,7 @@ def test_feeds_suite_with_torch_reference():
     pytest.skip(torch_gfn.torch_missing())
   settings, env_params = _tiny_feeds()
   feeds = B.run_feeds(settings, env_params, placements=("single",), repeats=1, torch_updates=1,
-                      torch_warmup=0, torch_threads=(1,), log=lambda m: None)
+                      torch_warmup=0, torch_threads=(1,), log=lambda m: None, phase_repeats=1)
   for key in ("jax_decisions_per_s", "torch_decisions_per_s", "ratio",
               "jax_candidate_trajectories_per_s", "torch_candidate_trajectories_per_s"):
     assert feeds[key] > 0 and math.isfinite(feeds[key]), key
@@ -70,6 +70,38 @@ def test_feeds_suite_with_torch_reference():
   assert feeds["candidate_trajectories_per_decision"] == 2 * 2
   assert feeds["settings"]["decisions_per_update"] == 4
   assert feeds["jax"][0]["decisions_per_call"] == 4 and feeds["torch"][0]["threads"] == 1
+  rows = _check_phases(feeds)
+  torch_ms = {r["phase"]: r["torch_ms_per_update"] for r in rows}
+  assert all(v > 0 for v in torch_ms.values()), torch_ms
+  # The torch phases are timed inside the update: they cover it and nothing else.
+  parts = torch_ms["rollout"] + torch_ms["learning"]
+  assert torch_ms["rollout"] == pytest.approx(
+      torch_ms["proposal"] + torch_ms["scoring"] + torch_ms["environment"])
+  assert 0.5 * torch_ms["update"] < parts <= torch_ms["update"]
+  for r in rows:
+    assert r["ratio"] == pytest.approx(r["torch_ms_per_update"] / r["jax_ms_per_update"])
+
+
+def _check_phases(feeds):
+  rows = feeds["phases"]
+  assert [r["phase"] for r in rows] == list(B.PHASE_ROWS)
+  jax_ms = {r["phase"]: r["jax_ms_per_update"] for r in rows}
+  for name in ("proposal", "scoring", "rollout", "learning", "update"):
+    assert jax_ms[name] > 0 and math.isfinite(jax_ms[name]), (name, jax_ms)
+  assert jax_ms["environment"] == pytest.approx(
+      jax_ms["rollout"] - jax_ms["proposal"] - jax_ms["scoring"])
+  assert feeds["jax_phases"]["decisions"] == 4
+  assert set(feeds["jax_phases"]["compile_s"]) == {"proposal", "scoring", "rollout", "learning"}
+  return rows
+
+
+def test_feeds_suite_phases_without_the_peer():
+  settings, env_params = _tiny_feeds()
+  feeds = B.run_feeds(settings, env_params, placements=("single",), repeats=1, peer=False,
+                      log=lambda m: None, phase_repeats=1)
+  rows = _check_phases(feeds)
+  assert all(r["torch_ms_per_update"] is None and r["ratio"] is None for r in rows)
+  assert feeds["torch_skipped_reason"] == "disabled (peer=False)"
 
 
 def test_latency_suite():

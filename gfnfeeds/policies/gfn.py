@@ -563,25 +563,35 @@ class GFNController(Policy):
     return sample_trajectories(key, self.dag, self.model.apply, params, cond, num,
                                self.epsilon, self.temperature)
 
-  def decide(self, key: jax.Array, params, obs: Observation, catalog: Catalog,
-             weights: Optional[jax.Array] = None) -> Decision:
-    """One decision for one session: sample K plans, score them, pick the best."""
-    k_plan, k_belief = jax.random.split(key)
+  def propose(self, key: jax.Array, params, obs: Observation, catalog: Catalog,
+              weights: Optional[jax.Array] = None) -> Decision:
+    """The sampler's half of `decide`: the K candidate plans and their conditioning.
+
+    Returns the Decision of a single-candidate controller: the first plan's first
+    token, zero components and utilities, best = 0. `decide` scores the plans.
+    """
     weights = self.selection_weights(obs) if weights is None else weights
     feats = observation_features(obs, catalog, self.belief)
     remaining = remaining_chunks(obs)
     sleep_ok = opening_sleep_ok(obs, self.sleep_while_stalled)
-    plans = self.candidate_plans(k_plan, params, feats, weights, remaining, sleep_ok)
+    plans = self.candidate_plans(key, params, feats, weights, remaining, sleep_ok)
+    k = plans.shape[0]
+    return Decision(action_index=plans[0, 0], plans=plans,
+                    components=jnp.zeros((k, belief_lib.NUM_COMPONENTS), jnp.float64),
+                    utilities=jnp.zeros((k,), jnp.float64), best=jnp.zeros((), jnp.int32),
+                    obs_features=feats, remaining=remaining, sleep_ok=sleep_ok, weights=weights)
+
+  def decide(self, key: jax.Array, params, obs: Observation, catalog: Catalog,
+             weights: Optional[jax.Array] = None) -> Decision:
+    """One decision for one session: sample K plans, score them, pick the best."""
+    k_plan, k_belief = jax.random.split(key)
+    proposal = self.propose(k_plan, params, obs, catalog, weights)
     if self.num_candidates == 1:
-      components = jnp.zeros((1, belief_lib.NUM_COMPONENTS), jnp.float64)
-      utilities = jnp.zeros((1,), jnp.float64)
-      best = jnp.zeros((), jnp.int32)
-    else:
-      components, utilities, best = select_plan(k_belief, self.env, obs, catalog, plans,
-                                                weights, self.belief)
-    return Decision(action_index=plans[best, 0], plans=plans, components=components,
-                    utilities=utilities, best=best, obs_features=feats, remaining=remaining,
-                    sleep_ok=sleep_ok, weights=weights)
+      return proposal
+    components, utilities, best = select_plan(k_belief, self.env, obs, catalog, proposal.plans,
+                                              proposal.weights, self.belief)
+    return proposal.replace(action_index=proposal.plans[best, 0], components=components,
+                            utilities=utilities, best=best)
 
   # ------------------------------------------------------------- Policy interface
   def act(self, key, policy_state, obs, catalog):

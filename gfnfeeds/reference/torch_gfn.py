@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -67,6 +68,10 @@ except ImportError:  # pragma: no cover - exercised only without torch
 WEIGHT_HIGH = (1.5, 6.0, 2.0, 1.5)  # gfnfeeds.env.preferences.WEIGHT_HIGH (feature scale)
 COMPONENT_SIGNS = np.asarray([1.0, -1.0, -1.0, -1.0])
 _FOREVER_S = 1e7
+# The phases of one update that `TorchReferenceTrainer.phase_s` times: observation features and
+# plan sampling (1a-b), belief scenarios, plan scoring and the argmax (1c-d), the live sessions'
+# steps and resets, and relabelling, loss, backward and Adam (2-3).
+PHASES = ("proposal", "scoring", "environment", "learning")
 
 
 def torch_missing() -> Optional[str]:
@@ -697,6 +702,8 @@ class TorchReferenceTrainer:
                                        {"params": log_z, "lr": settings.log_z_learning_rate}])
     self.sessions = [LiveSession(self.rng, data, settings) for _ in range(settings.num_sessions)]
     self.decisions = 0
+    # Seconds spent in each phase of the updates so far (the benchmark's breakdown).
+    self.phase_s = dict.fromkeys(PHASES, 0.0)
 
   # --------------------------------------------------------- sampling
   def sample_plans(self, cond, remaining, sleep_ok):
@@ -766,7 +773,9 @@ class TorchReferenceTrainer:
     k = s.num_candidates
     store = dict(obs=[], weights=[], remaining=[], sleep_ok=[], plans=[], components=[])
     rewards = []
+    clock = time.perf_counter
     for _ in range(s.rollout_steps):
+      t_start = clock()
       views = [sess.view() for sess in self.sessions]
       bws = [bandwidth_scenarios_np(v, s) for v in views]
       feats = np.stack([observation_features_np(v, data, s, bw) for v, bw in zip(views, bws)])
@@ -782,18 +791,23 @@ class TorchReferenceTrainer:
                                   torch.as_tensor(np.repeat(remaining, k, axis=0)),
                                   torch.as_tensor(np.repeat(sleep_ok, k, axis=0)))
         plans = plans.reshape(len(views), k, s.horizon)
+      self.phase_s["proposal"] += clock() - t_start
       comps = np.zeros((len(views), k, 4))
       for i, (sess, view, bw) in enumerate(zip(self.sessions, views, bws)):
+        t_score = clock()
         scenarios = build_scenarios(self.rng, view, data, s, bw)
         for j in range(k):
           comps[i, j] = np.mean([score_plan(sc, plans[i, j], data, s) for sc in scenarios],
                                 axis=0)
         utilities = comps[i] @ (COMPONENT_SIGNS * view.weights)
         best = int(np.argmax(utilities))
+        t_env = clock()
         reward, over = sess.execute(int(plans[i, best, 0]))
         rewards.append(reward)
         if over:
           self.sessions[i] = LiveSession(self.rng, data, s)
+        self.phase_s["scoring"] += t_env - t_score
+        self.phase_s["environment"] += clock() - t_env
       self.decisions += len(views)
       for key, val in (("obs", feats), ("weights", weights), ("remaining", remaining),
                        ("sleep_ok", sleep_ok), ("plans", plans), ("components", comps)):
@@ -851,9 +865,11 @@ class TorchReferenceTrainer:
   def update(self) -> dict:
     """One rollout of num_sessions x rollout_steps decisions, relabelling, one Adam step."""
     batch, reward = self.rollout()
+    t_learn = time.perf_counter()
     loss = self.loss(batch)
     self.optimizer.zero_grad()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.s.max_grad_norm)
     self.optimizer.step()
+    self.phase_s["learning"] += time.perf_counter() - t_learn
     return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "reward": reward}

@@ -23,7 +23,7 @@ uninterrupted one. Seeds are vmapped (`num_seeds`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,8 +129,24 @@ def _loss(settings: GFNTrainSettings, params, cond, actions, log_rewards):
   return losses.flow_matching(traj, inflows)
 
 
-def make_update(settings: GFNTrainSettings) -> Callable:
-  """`update(train_state, env_params) -> (train_state, metrics)`: one rollout + one step."""
+class UpdatePhases(NamedTuple):
+  """The two halves of one update, as pure functions (for benchmarks and diagnostics).
+
+  Attributes:
+    rollout: `(params, obs, env_state, key, env_params) -> (obs, env_state, data, stats)`:
+      `rollout_steps` decisions of every session; `data` holds each decision's
+      features, weights, masks, K plans and their outcome components ([T, B, ...]),
+      `stats` the per-step rollout statistics.
+    learn: `(params, opt_state, data, key, env_params) -> (params, opt_state, diag, grads)`:
+      relabelling, the loss on the rollout's plans and one optimizer step.
+  """
+
+  rollout: Callable
+  learn: Callable
+
+
+def make_update_phases(settings: GFNTrainSettings) -> UpdatePhases:
+  """The rollout and learning halves of `make_update`'s update (one implementation)."""
   ctrl = settings.controller
   env = ctrl.env
   horizon = ctrl.horizon
@@ -162,16 +178,13 @@ def make_update(settings: GFNTrainSettings) -> Callable:
         one_step, (obs, env_state), jax.random.split(key, settings.rollout_steps))
     return obs, env_state, data, stats
 
-  def update(state: TrainState, env_params: EnvParams):
-    key, k_roll, k_relabel = jax.random.split(state.key, 3)
-    obs, env_state, data, stats = rollout(state.params, state.obs, state.env_state, k_roll,
-                                          env_params)
+  def learn(params, opt_state, data, key, env_params):
     # [T, B, ...] -> [N, ...] decisions.
     data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)
     n = data["weights"].shape[0]
     k = ctrl.num_candidates
     extra = jax.vmap(env_params.preferences.sample)(
-        jax.random.split(k_relabel, n * settings.relabel)).reshape(n, settings.relabel, 4)
+        jax.random.split(key, n * settings.relabel)).reshape(n, settings.relabel, 4)
     weights = jnp.concatenate([data["weights"][:, None], extra], axis=1)  # [N, 1+R, 4]
     groups = 1 + settings.relabel
     log_rewards = (belief_lib.utility(data["components"][:, None, :, :], weights[:, :, None, :])
@@ -193,9 +206,23 @@ def make_update(settings: GFNTrainSettings) -> Callable:
     def loss_fn(params):
       return _loss(settings, params, cond, actions, log_rewards.reshape(-1))
 
-    (_, diag), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (_, diag), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, diag, grads
+
+  return UpdatePhases(rollout=rollout, learn=learn)
+
+
+def make_update(settings: GFNTrainSettings) -> Callable:
+  """`update(train_state, env_params) -> (train_state, metrics)`: one rollout + one step."""
+  phases = make_update_phases(settings)
+
+  def update(state: TrainState, env_params: EnvParams):
+    key, k_roll, k_relabel = jax.random.split(state.key, 3)
+    obs, env_state, data, stats = phases.rollout(state.params, state.obs, state.env_state,
+                                                 k_roll, env_params)
+    params, opt_state, diag, grads = phases.learn(state.params, state.opt_state, data,
+                                                  k_relabel, env_params)
     ended = stats["ended"].sum()
     metrics = dict(diag, grad_norm=optax.tree.norm(grads), reward=jnp.mean(stats["reward"]),
                    sessions_ended=ended,
