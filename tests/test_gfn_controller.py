@@ -21,7 +21,7 @@ from gfnfeeds.planning import belief as belief_lib
 from gfnfeeds.policies.gfn import (GFNController, enumerate_plan_log_probs, make_server,
                                    observation_features, observation_feature_dim, plan_cond,
                                    prefix_tree_policy_fn, sample_distinct_plans,
-                                   sample_distinct_plans_beam, sleep_allowed)
+                                   sample_distinct_plans_beam, select_plan, sleep_allowed)
 from gfnfeeds.gfn import losses
 from gfnfeeds import numerics
 
@@ -252,10 +252,22 @@ def test_selector_executes_first_token_of_best_plan(default_data):
     np.testing.assert_allclose(np.asarray(d.weights), expected_w)
     np.testing.assert_allclose(u, np.asarray(belief_lib.utility(d.components, d.weights)))
     assert bool(obs.action_mask[int(d.action_index)])
+    # decide = propose (with the plan key) + select_plan (with the belief key).
+    k_plan, k_belief = jax.random.split(jax.random.PRNGKey(7))
+    proposal = jax.jit(ctrl.propose)(k_plan, p, obs, catalog)
+    for field in ("plans", "obs_features", "remaining", "sleep_ok", "weights"):
+      np.testing.assert_array_equal(getattr(proposal, field), getattr(d, field), err_msg=field)
+    comps, utils, best = jax.jit(select_plan, static_argnums=(1, 6))(
+        k_belief, ctrl.env, obs, catalog, proposal.plans, proposal.weights, ctrl.belief)
+    # Two programs, so XLA may fuse the float64 sums differently: equal to rounding.
+    np.testing.assert_allclose(comps, d.components, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(utils, d.utilities, rtol=1e-12, atol=1e-12)
+    assert int(best) == int(d.best)
   single = small_controller(num_candidates=1)
   d1 = single.decide(jax.random.PRNGKey(7), single.init_params(jax.random.PRNGKey(0)), obs,
                      catalog)
   assert d1.plans.shape == (1, 2) and int(d1.action_index) == int(d1.plans[0, 0])
+  assert d1.components.shape == (1, 4) and d1.utilities.shape == (1,) and int(d1.best) == 0
 
 
 def test_enumerated_plan_distribution_is_the_samplers(default_data):
