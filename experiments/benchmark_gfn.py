@@ -525,7 +525,7 @@ def time_feeds_phases_jax(settings, env_params, repeats: int = 20, seed: int = 0
   env, catalog = ctrl.env, env_params.catalog
   phases = gfn_trainer.make_update_phases(settings)
   key = jax.random.PRNGKey(seed)
-  state = gfn_trainer.init_train_state(key, settings, env_params)
+  state = jax.jit(lambda k, p: gfn_trainer.init_train_state(k, settings, p))(key, env_params)
   n = settings.num_sessions * settings.rollout_steps
   obs, _ = serving_inputs(env, env_params, n, seed)
   keys = jax.random.split(jax.random.fold_in(key, 1), n)
