@@ -515,7 +515,8 @@ def time_feeds_phases_jax(settings, env_params, repeats: int = 20, seed: int = 0
   `select_plan` (belief scenarios, K x M plan runs, argmax) on those plans;
   rollout: the update's rollout (proposal, scoring and the environment's steps,
   rollout_steps x num_sessions); environment: rollout - proposal - scoring
-  (derived); learning: relabelling, loss, gradient and the optimizer step on
+  (derived, so at tiny shapes timing noise can make it <= 0; the table then
+  gives it no ratio); learning: relabelling, loss, gradient and the optimizer step on
   that rollout's data. They add up to about one fused update, not exactly: the
   fused chunk overlaps and fuses across them.
   """

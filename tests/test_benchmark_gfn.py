@@ -79,7 +79,10 @@ def test_feeds_suite_with_torch_reference():
       torch_ms["proposal"] + torch_ms["scoring"] + torch_ms["environment"])
   assert 0.5 * torch_ms["update"] < parts <= torch_ms["update"]
   for r in rows:
-    assert r["ratio"] == pytest.approx(r["torch_ms_per_update"] / r["jax_ms_per_update"])
+    if r["jax_ms_per_update"] > 0:
+      assert r["ratio"] == pytest.approx(r["torch_ms_per_update"] / r["jax_ms_per_update"])
+    else:  # the derived JAX environment phase can come out <= 0 at tiny shapes: no ratio then
+      assert r["phase"] == "environment" and r["ratio"] is None, r
 
 
 def _check_phases(feeds):
