@@ -99,8 +99,8 @@ def _check_phases(feeds):
 
 
 def test_feeds_phases_without_the_peer():
-  """The JAX half of the breakdown (what CI, without torch, runs): each phase compiled and timed
-  on its own; the table's torch column and ratios stay empty."""
+  """The JAX half of the breakdown (what a machine without torch gets): each phase compiled and
+  timed on its own; the table's torch column and ratios stay empty."""
   settings, env_params = _tiny_feeds()
   phases = B.time_feeds_phases_jax(settings, env_params, repeats=1)
   phases["ms_per_update"]["update"] = 1.0
